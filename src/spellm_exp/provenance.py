@@ -1,0 +1,58 @@
+"""Where a number came from: code version, machine, library versions, date and config."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+_VERSIONED = ("torch", "transformers", "lightning", "lm_eval", "spellm-exp")
+
+
+def git_sha(repo: Path | None = None) -> str:
+    """The commit SHA, suffixed with `-dirty` when tracked files have uncommitted changes."""
+    cwd = repo or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def _version(dist: str) -> str:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def provenance(config: dict | None = None, device: torch.device | str = "cpu") -> dict:
+    return {
+        "git_sha": git_sha(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device),
+        "python": platform.python_version(),
+        "versions": {dist: _version(dist) for dist in _VERSIONED},
+        "config": config,
+    }

@@ -1,0 +1,72 @@
+"""Hydra entry points run as a user runs them: `python -m spellm_exp.<name>` in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from spellm_exp.config import model_config
+from spellm_exp.models import MODELS, ModelConfig, TeacherConfigError, load_teacher
+
+from .conftest import REPO_ROOT
+
+CONF = REPO_ROOT / "conf"
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_config_path_resolves_from_the_installed_package(tmp_path):
+    # run from elsewhere: conf/ must be found through the editable install, not the cwd
+    result = _run("spellm_exp.describe", "--cfg", "job", "model=tiny_gemma", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    job = yaml.safe_load(result.stdout)
+    assert job["model"]["name"] == "tiny_gemma"
+    assert job["model"]["init"] == "pretrained"
+
+
+def test_describe_writes_what_the_teacher_is(tmp_path, cache_dir):
+    result = _run("spellm_exp.describe", "model=tiny_qwen", "max_new_tokens=3",
+                  f"model.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / "teacher.json").read_text())
+    assert record["teacher"]["name"] == "tiny_qwen"
+    assert record["teacher"]["origin"] == "random init"
+    assert record["teacher"]["vocab_size"] == 50_280
+    assert set(record["provenance"]) >= {"git_sha", "date", "device", "versions", "config"}
+    assert "tiny_qwen: tiny Qwen2" in result.stdout
+
+
+def test_offline_hub_model_fails_before_loading(tmp_path):
+    result = _run("spellm_exp.describe", "model=mistral", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "model.path=/path/to/folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_override_value_is_rejected_by_the_schema(tmp_path):
+    result = _run("spellm_exp.describe", "model.init=pretrianed", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "expected one of [pretrained, random]" in result.stderr
+
+
+@pytest.mark.parametrize("stem", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
+def test_every_model_config_composes_to_a_known_model(stem):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="describe", overrides=[f"model={stem}"])
+    if stem == "local":
+        with pytest.raises(TeacherConfigError, match=r"model=local needs .*model\.path="):
+            load_teacher(model_config(cfg))
+        return
+    model = model_config(cfg)
+    assert isinstance(model, ModelConfig)
+    assert model.name == stem and model.name in MODELS
+    assert model.cache_dir.endswith("spellm_exp")
