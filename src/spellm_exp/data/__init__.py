@@ -1,0 +1,1 @@
+"""Distillation text: training splits only, read from the offline data packages."""

