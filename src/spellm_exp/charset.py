@@ -40,6 +40,10 @@ class SpellingError(ValueError):
     """Bad alphabet or spelling configuration, or a table that does not match its tokenizer."""
 
 
+class SegmentationError(ValueError):
+    """A string that no sequence of spellable vocabulary tokens covers."""
+
+
 Unit = str | int  # a character (chars, ascii) or a byte value (bytes)
 
 
@@ -240,6 +244,21 @@ class SpellingTable:
         digest.update(str(self.k).encode())
         digest.update(self.table.numpy().tobytes())
         return digest.hexdigest()
+
+    def cover(self, units: tuple[Unit, ...]) -> list[int]:
+        """Spellable token ids whose spellings concatenate to `units`: longest spellable prefix, repeatedly."""
+        out, start = [], 0
+        while start < len(units):
+            for length in range(min(self.k, len(units) - start), 0, -1):
+                token_id = self.string_to_id.get(tuple(units[start:start + length]))
+                if token_id is not None:
+                    out.append(token_id)
+                    start += length
+                    break
+            else:
+                raise SegmentationError(f"no spellable token starts with {units[start]!r}: it is not in the "
+                                        f"alphabet ({self.alphabet.kind.value}, {len(self.alphabet.units)} units)")
+        return out
 
     def coverage(self, token_counts: torch.Tensor | None = None) -> dict[str, float]:
         """Share of the vocabulary that spells, and (given corpus counts) share of corpus tokens."""
