@@ -37,18 +37,17 @@ class SpeLLMOutput:
 
 
 class SpeLLM(nn.Module):
-    def __init__(self, teacher: Teacher, spelling: SpellingTable, heads: CharHeads,
-                 teacher_config: ModelConfig | None = None):
+    def __init__(self, teacher: Teacher, spelling: SpellingTable, heads: CharHeads):
         super().__init__()
         self.causal_lm = teacher.model
         self.heads = heads
         self.tokenizer, self.info, self.spelling = teacher.tokenizer, teacher.info, spelling
-        self.teacher_config = teacher_config or ModelConfig(name=teacher.info.name)
+        self.teacher_config = teacher.config
         self.register_buffer("spelling_table", spelling.table, persistent=False)
 
     @classmethod
     def build(cls, teacher: Teacher, alphabet: Alphabet, k: int, init: HeadInit | str = HeadInit.unembedding_mean,
-              seed: int = 0, teacher_config: ModelConfig | None = None) -> SpeLLM:
+              seed: int = 0) -> SpeLLM:
         spelling = SpellingTable(TokenSpellings.from_tokenizer(teacher.tokenizer), alphabet, k)
         if spelling.vocab_size != teacher.info.vocab_size:
             # the tokenizer may be shorter than a padded embedding matrix; never longer
@@ -59,7 +58,7 @@ class SpeLLM(nn.Module):
             heads = CharHeads(k, alphabet.size, unembedding.shape[1], dtype=unembedding.dtype)
         if HeadInit(init) is HeadInit.unembedding_mean:
             heads.init_from_unembedding(unembedding.detach(), spelling)
-        return cls(teacher, spelling, heads, teacher_config)
+        return cls(teacher, spelling, heads)
 
     @property
     def k(self) -> int:
@@ -149,7 +148,7 @@ class SpeLLM(nn.Module):
         heads.load_state_dict(tensors)
         if (folder / BACKBONE_FILE).exists():
             teacher.model.load_state_dict(load_file(folder / BACKBONE_FILE), strict=False)
-        return cls(teacher, spelling, heads, config)
+        return cls(teacher, spelling, heads)
 
 
 def teacher_head(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,7 @@ class Teacher:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     info: TeacherInfo
+    config: ModelConfig  # what reloads this teacher (saved with SpeLLM checkpoints)
 
 
 def _cache_root(cfg: ModelConfig) -> Path:
@@ -182,6 +183,8 @@ def load_teacher(cfg: ModelConfig | None = None, **overrides) -> Teacher:
     spec = _spec(cfg)
     model, tokenizer, origin, source, tokenizer_label = _build(cfg, spec)
     model.eval()
+    if tokenizer.pad_token is None:  # batching needs one; EOS is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
     embeddings, unembedding = model.get_input_embeddings(), model.get_output_embeddings()
     info = TeacherInfo(
         name=cfg.name,
@@ -197,4 +200,4 @@ def load_teacher(cfg: ModelConfig | None = None, **overrides) -> Teacher:
         dtype=cfg.dtype,
     )
     log.info("Loaded teacher %s", info.summary())
-    return Teacher(model=model, tokenizer=tokenizer, info=info)
+    return Teacher(model=model, tokenizer=tokenizer, info=info, config=cfg)
