@@ -52,3 +52,16 @@ def test_real_teacher_converts_once_and_reloads_identically(name, fresh_cache):
 def test_smollm2_knows_the_capital_of_france(fresh_cache):
     teacher = load_teacher(name="llama", cache_dir=fresh_cache)
     assert "Paris" in greedy_continuation(teacher, PROMPT, max_new_tokens=8)
+
+
+def test_decode_loop_reproduces_generate_on_smollm2(fresh_cache):
+    from spellm_exp.decoding import decode
+
+    teacher = load_teacher(name="llama", cache_dir=fresh_cache)
+    prompts = [PROMPT, "Write a haiku about the sea:", "1, 2, 3,"]
+    ours = decode(teacher, prompts, mode="teacher", max_new_tokens=16, ignore_eos=True)
+    enc = teacher.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+    reference = teacher.model.generate(**enc, max_new_tokens=16, do_sample=False,
+                                       pad_token_id=teacher.tokenizer.pad_token_id)
+    assert ours.token_ids == reference[:, enc.input_ids.shape[1]:].tolist()
+    assert "Paris" in ours.texts[0]
