@@ -14,14 +14,18 @@ def _batch(tokenizer):
     return tokenizer(TEXT, padding=True, return_tensors="pt")
 
 
-@pytest.mark.parametrize("name", TINY_MODELS)
-def test_teacher_logits_from_the_same_pass_equal_the_causal_lm(name, tiny_teacher):
-    teacher = tiny_teacher(name)
-    spellm = SpeLLM.build(teacher, Alphabet.ascii_(), k=6)
+def _spellm_and_causal_lm_outputs(teacher, k):
+    spellm = SpeLLM.build(teacher, Alphabet.ascii_(), k=k)
     batch = _batch(teacher.tokenizer)
     with torch.no_grad():
         out = spellm(batch.input_ids, batch.attention_mask, return_teacher_logits=True)
         expected = teacher.model(**batch).logits
+    return out, expected, batch
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_teacher_logits_from_the_same_pass_equal_the_causal_lm(name, tiny_teacher):
+    out, expected, batch = _spellm_and_causal_lm_outputs(tiny_teacher(name), k=6)
     torch.testing.assert_close(out.teacher_logits, expected)
     assert out.log_probs.shape == (*batch.input_ids.shape, 6, Alphabet.ascii_().size)
     torch.testing.assert_close(out.log_probs.logsumexp(-1), torch.zeros(out.log_probs.shape[:-1]))
@@ -30,11 +34,7 @@ def test_teacher_logits_from_the_same_pass_equal_the_causal_lm(name, tiny_teache
 def test_final_logit_softcapping_belongs_to_the_teacher_head(cache_dir):
     teacher = load_teacher(name="tiny_gemma", cache_dir=cache_dir)
     teacher.model.config.final_logit_softcapping = 3.0
-    spellm = SpeLLM.build(teacher, Alphabet.ascii_(), k=4)
-    batch = _batch(teacher.tokenizer)
-    with torch.no_grad():
-        out = spellm(batch.input_ids, batch.attention_mask, return_teacher_logits=True)
-        expected = teacher.model(**batch).logits
+    out, expected, _ = _spellm_and_causal_lm_outputs(teacher, k=4)
     torch.testing.assert_close(out.teacher_logits, expected)
     assert out.teacher_logits.abs().max() <= 3.0
 

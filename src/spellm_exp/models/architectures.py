@@ -52,24 +52,22 @@ def gemma3_270m() -> PretrainedConfig:
     )
 
 
-def llama32_1b() -> PretrainedConfig:
+def _llama3(hidden: int, layers: int, head_dim: int, ffn: int, tied: bool, rope_factor: float) -> PretrainedConfig:
     return LlamaConfig(
-        hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-        head_dim=64, intermediate_size=8192, vocab_size=128_256, tie_word_embeddings=True,
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=8,
+        head_dim=head_dim, intermediate_size=ffn, vocab_size=128_256, tie_word_embeddings=tied,
         max_position_embeddings=131_072, rms_norm_eps=1e-5,
-        rope_parameters={**_LLAMA3_ROPE, "rope_theta": 500_000.0, "factor": 32.0},
+        rope_parameters={**_LLAMA3_ROPE, "rope_theta": 500_000.0, "factor": rope_factor},
         bos_token_id=128_000, eos_token_id=128_001,
     )
+
+
+def llama32_1b() -> PretrainedConfig:
+    return _llama3(hidden=2048, layers=16, head_dim=64, ffn=8192, tied=True, rope_factor=32.0)
 
 
 def llama31_8b() -> PretrainedConfig:
-    return LlamaConfig(
-        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-        head_dim=128, intermediate_size=14_336, vocab_size=128_256, tie_word_embeddings=False,
-        max_position_embeddings=131_072, rms_norm_eps=1e-5,
-        rope_parameters={**_LLAMA3_ROPE, "rope_theta": 500_000.0, "factor": 8.0},
-        bos_token_id=128_000, eos_token_id=128_001,
-    )
+    return _llama3(hidden=4096, layers=32, head_dim=128, ffn=14_336, tied=False, rope_factor=8.0)
 
 
 def qwen25_05b() -> PretrainedConfig:
