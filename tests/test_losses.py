@@ -1,0 +1,111 @@
+"""Property tests of the pure distillation losses."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spellm_exp.charset import EOS, PAD
+from spellm_exp.losses import (
+    Targets,
+    chunked_head_marginals,
+    distillation_loss,
+    head_marginals,
+    marginal_kl,
+    spelled_cross_entropy,
+)
+
+# vocabulary: 0 = EOS, 1 = "a", 2 = "ab", 3 = "b", 4 = unspellable; symbols PAD, EOS, a, b
+A, B = 2, 3
+TABLE = torch.tensor([[EOS, PAD], [A, PAD], [A, B], [B, PAD], [PAD, PAD]])
+SPELLABLE = torch.tensor([True, True, True, True, False])
+
+
+def test_marginals_by_hand():
+    probs = torch.tensor([[0.1, 0.2, 0.3, 0.2, 0.2]])
+    targets = head_marginals(probs.log(), TABLE, SPELLABLE, n_symbols=4)
+    renorm = probs[0, :4] / 0.8
+    expected = torch.tensor([[[0.0, renorm[0], renorm[1] + renorm[2], renorm[3]],
+                              [renorm[0] + renorm[1] + renorm[3], 0.0, 0.0, renorm[2]]]])
+    torch.testing.assert_close(targets.marginals, expected)
+    torch.testing.assert_close(targets.dropped_mass, torch.tensor([0.2]))
+    assert targets.valid.tolist() == [True]
+
+
+def test_a_position_with_no_spellable_mass_is_masked_out():
+    logits = torch.tensor([[-1e4, -1e4, -1e4, -1e4, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    targets = head_marginals(logits, TABLE, SPELLABLE, n_symbols=4)
+    assert targets.valid.tolist() == [False, True]
+    student = torch.randn(2, 2, 4)
+    both = distillation_loss(student, targets)
+    only_valid = distillation_loss(student[1:], Targets(targets.marginals[1:], targets.dropped_mass[1:],
+                                                        targets.valid[1:]))
+    torch.testing.assert_close(both.total, only_valid.total)
+
+
+logits_strategy = st.integers(min_value=0, max_value=10_000)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=logits_strategy, temperature=st.sampled_from([0.5, 1.0, 2.0]))
+def test_kl_is_non_negative_and_zero_at_the_target(seed, temperature):
+    generator = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(6, 5, generator=generator) * 3
+    targets = head_marginals(teacher, TABLE, SPELLABLE, n_symbols=4)
+    student = torch.randn(6, 2, 4, generator=generator) * 3
+    assert (marginal_kl(student, targets.marginals, temperature) >= -1e-6).all()
+    exact = torch.log(targets.marginals.clamp(min=1e-30)) * temperature  # softmax(exact / T) = q
+    assert marginal_kl(exact, targets.marginals, temperature).abs().max() < 1e-5
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=logits_strategy)
+def test_gradient_is_student_minus_target(seed):
+    generator = torch.Generator().manual_seed(seed)
+    targets = head_marginals(torch.randn(3, 5, generator=generator), TABLE, SPELLABLE, n_symbols=4)
+    student = torch.randn(3, 2, 4, generator=generator, requires_grad=True)
+    marginal_kl(student, targets.marginals).sum().backward()
+    torch.testing.assert_close(student.grad, torch.softmax(student.detach(), -1) - targets.marginals)
+    # one gradient step lowers the loss
+    with torch.no_grad():
+        stepped = student - 0.1 * student.grad
+    assert marginal_kl(stepped, targets.marginals).sum() < marginal_kl(student.detach(), targets.marginals).sum()
+
+
+def test_temperature_one_is_the_plain_kl():
+    targets = head_marginals(torch.randn(4, 5), TABLE, SPELLABLE, n_symbols=4)
+    student = torch.randn(4, 2, 4)
+    log_p = torch.log_softmax(student, -1)
+    plain = (targets.marginals * (targets.marginals.clamp(min=1e-12).log() - log_p)).sum(-1)
+    torch.testing.assert_close(marginal_kl(student, targets.marginals, 1.0), plain)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 100])
+def test_chunked_targets_equal_unchunked(chunk_size):
+    hidden, unembedding = torch.randn(7, 8), torch.randn(5, 8)
+    whole = head_marginals(hidden @ unembedding.T, TABLE, SPELLABLE, n_symbols=4, temperature=1.5)
+    chunked = chunked_head_marginals(hidden, lambda h: h @ unembedding.T, TABLE, SPELLABLE, n_symbols=4,
+                                     temperature=1.5, chunk_size=chunk_size)
+    for field in ("marginals", "dropped_mass", "valid"):
+        torch.testing.assert_close(getattr(chunked, field), getattr(whole, field))
+
+
+def test_spelled_cross_entropy_masks_unspellable_and_missing_targets():
+    student = torch.zeros(3, 2, 4)  # uniform: every symbol costs log 4
+    values, mask = spelled_cross_entropy(student, torch.tensor([2, 4, -100]), TABLE, SPELLABLE)
+    assert mask.tolist() == [True, False, False]
+    torch.testing.assert_close(values[0], torch.full((2,), math.log(4)))
+
+
+def test_ce_weight_adds_the_spelled_cross_entropy():
+    targets = head_marginals(torch.randn(3, 5), TABLE, SPELLABLE, n_symbols=4)
+    student = torch.randn(3, 2, 4)
+    ids = torch.tensor([1, 2, 4])
+    plain = distillation_loss(student, targets)
+    mixed = distillation_loss(student, targets, ce_weight=0.5, target_ids=ids, table=TABLE, spellable=SPELLABLE)
+    values, mask = spelled_cross_entropy(student, ids, TABLE, SPELLABLE)
+    torch.testing.assert_close(mixed.ce, values[mask].mean())
+    torch.testing.assert_close(mixed.total, plain.total + 0.5 * mixed.ce)
+    assert plain.ce is None and plain.total is plain.kl
