@@ -131,7 +131,8 @@ def test_token_counts(spellings):
 @pytest.mark.parametrize("kind,size,k,message", [
     ("chars", 64, 0, r"k=0: .* >= 1"),
     ("chars", 64, -3, r"k=-3"),
-    ("chars", 0, 8, r"charset.size=0: the alphabet needs PAD, EOS and at least one character"),
+    ("chars", 0, 8, r"charset.size=0: the alphabet holds PAD, EOS .* use charset.size >= 2"),
+    ("chars", 1, 8, r"charset.size=1: .*fewer than 2 characters cannot spell text"),
     ("letters", 64, 8, r"charset.kind=letters is unknown; use one of \['chars', 'bytes', 'ascii'\]"),
 ])
 def test_bad_charset_config_fails_early(kind, size, k, message):

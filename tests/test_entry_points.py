@@ -69,7 +69,7 @@ def test_every_model_config_composes_to_a_known_model(stem):
     model = model_config(cfg)
     assert isinstance(model, ModelConfig)
     assert model.name == stem and model.name in MODELS
-    assert model.cache_dir.endswith("spellm_exp")
+    assert model.cache_dir == cfg.paths.cache_dir and model.cache_dir.endswith("spellm_exp")
 
 
 def test_coverage_writes_tables_that_match_a_direct_computation(tmp_path, cache_dir):

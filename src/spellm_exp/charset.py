@@ -36,6 +36,17 @@ class CharsetKind(str, Enum):
     ascii = "ascii"
 
 
+@dataclass
+class CharsetConfig:
+    """The `charset` config group: `kind`, and for `chars` the number of characters N (|Sigma| = N + 2)."""
+
+    kind: CharsetKind = CharsetKind.chars
+    size: int = 64
+
+
+MIN_CHARS = 2  # one character spells only runs of itself (in practice: whitespace tokens)
+
+
 class SpellingError(ValueError):
     """Bad alphabet or spelling configuration, or a table that does not match its tokenizer."""
 
@@ -105,10 +116,10 @@ def check_charset(kind: str, size: int, k: int) -> None:
     kinds = [c.value for c in CharsetKind]
     if kind not in kinds:
         raise SpellingError(f"charset.kind={kind} is unknown; use one of {kinds}.")
-    if kind == CharsetKind.chars and (not isinstance(size, int) or size < 1):
+    if kind == CharsetKind.chars and (not isinstance(size, int) or size < MIN_CHARS):
         raise SpellingError(
-            f"charset.size={size}: the alphabet needs PAD, EOS and at least one character; "
-            f"use charset.size >= 1 (e.g. 64), or charset=bytes.")
+            f"charset.size={size}: the alphabet holds PAD, EOS and charset.size characters, and fewer than "
+            f"{MIN_CHARS} characters cannot spell text; use charset.size >= {MIN_CHARS} (e.g. 64), or charset=bytes.")
 
 
 @dataclass(frozen=True)
@@ -241,7 +252,7 @@ class SpellingTable:
     """S[|V|, k] (symbol ids, PAD-filled), the spellable mask, and the string -> token id table."""
 
     def __init__(self, spellings: TokenSpellings, alphabet: Alphabet, k: int):
-        check_charset(alphabet.kind.value, max(len(alphabet.units), 1), k)
+        check_charset(alphabet.kind.value, max(len(alphabet.units), MIN_CHARS), k)
         self.spellings, self.alphabet, self.k = spellings, alphabet, k
         vocab_size = len(spellings.pieces)
         symbols = spelled_symbols(spellings, alphabet)

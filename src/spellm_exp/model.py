@@ -22,6 +22,7 @@ from spellm_exp.models import ModelConfig, Teacher, load_teacher
 
 FORMAT_VERSION = 1
 META_FILE, HEADS_FILE, BACKBONE_FILE = "spellm.json", "heads.safetensors", "backbone.safetensors"
+LORA_FOLDER = "lora"
 
 
 class CheckpointError(ValueError):
@@ -96,13 +97,16 @@ class SpeLLM(nn.Module):
         return score_requests(self, [(context, continuation)], mode=mode)[0]
 
     # --- save / load ------------------------------------------------------------------------
-    def save(self, folder: str | Path, backbone_trained: bool = False) -> Path:
-        """Heads, alphabet, spelling-table hash and the teacher reference (+ backbone if trained)."""
+    def save(self, folder: str | Path, backbone_trained: bool = False, peft_model=None) -> Path:
+        """Heads, alphabet, spelling-table hash and the teacher reference, plus the backbone when it
+        trained: its weights (`backbone_trained`), or only its LoRA adapters (`peft_model`)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({"weight": self.heads.weight.detach().contiguous(),
                    "bias": self.heads.bias.detach().contiguous()}, folder / HEADS_FILE)
-        if backbone_trained:
+        if peft_model is not None:
+            peft_model.save_pretrained(folder / LORA_FOLDER)
+        elif backbone_trained:
             state = {name: p.detach().contiguous() for name, p in self.causal_lm.named_parameters()}
             save_file(state, folder / BACKBONE_FILE)  # named_parameters lists tied weights once
         meta = {
@@ -112,7 +116,7 @@ class SpeLLM(nn.Module):
             "spelling_fingerprint": self.spelling.fingerprint(),
             "vocab_size": self.spelling.vocab_size,
             "teacher": {"config": _config_dict(self.teacher_config), "info": self.info.as_dict()},
-            "backbone": "trained" if backbone_trained else "frozen",
+            "backbone": "lora" if peft_model is not None else "trained" if backbone_trained else "frozen",
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
         return folder
@@ -148,6 +152,10 @@ class SpeLLM(nn.Module):
         heads.load_state_dict(tensors)
         if (folder / BACKBONE_FILE).exists():
             teacher.model.load_state_dict(load_file(folder / BACKBONE_FILE), strict=False)
+        if (folder / LORA_FOLDER).exists():
+            from peft import PeftModel
+
+            teacher.model = PeftModel.from_pretrained(teacher.model, folder / LORA_FOLDER).merge_and_unload()
         return cls(teacher, spelling, heads)
 
 

@@ -1,0 +1,153 @@
+"""Distillation text -> packed token blocks, as a LightningDataModule.
+
+Documents from the chosen training-split sources are tokenized with the teacher's tokenizer,
+joined with EOS, and cut into blocks of `block_size` tokens (each starting with BOS when the
+tokenizer uses one). The last `val_blocks` blocks are held out for validation. Tokenized blocks
+are cached on disk, keyed by everything that changes them, so a second run starts at once.
+
+The training order is a function of (seed, epoch) and the number of batches already done, so a
+run resumed from a checkpoint sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from spellm_exp.data.corpus import SOURCES, corpus_texts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """The `data` config group."""
+
+    sources: list[str] = field(default_factory=lambda: list(SOURCES))
+    max_chars_per_source: int | None = None  # None: everything
+    block_size: int = 128
+    batch_size: int = 8
+    val_blocks: int = 32
+    num_workers: int = 0
+    seed: int = 0
+    cache_dir: str | None = None  # tokenized blocks; None: no disk cache
+
+
+def check_data_config(cfg: DataConfig) -> None:
+    unknown = [s for s in cfg.sources if s not in SOURCES]
+    if unknown or not cfg.sources:
+        raise ValueError(f"data.sources={list(cfg.sources)}: choose one or more of {list(SOURCES)}.")
+    if cfg.block_size < 2 or cfg.batch_size < 1 or cfg.val_blocks < 1:
+        raise ValueError("data.block_size must be >= 2, data.batch_size and data.val_blocks >= 1.")
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha256(vocab.encode()).hexdigest()[:16]
+
+
+def pack_blocks(tokenizer, texts: list[str], block_size: int) -> torch.Tensor:
+    """Tokenize, join documents with EOS, and cut into [n_blocks, block_size] (BOS first if used)."""
+    bos = tokenizer.bos_token_id
+    uses_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
+    body = block_size - 1 if uses_bos else block_size
+    stream: list[int] = []
+    for start in range(0, len(texts), 512):
+        for ids in tokenizer(texts[start:start + 512], add_special_tokens=False)["input_ids"]:
+            stream += ids
+            stream.append(tokenizer.eos_token_id)
+    n_blocks = len(stream) // body
+    blocks = torch.tensor(stream[: n_blocks * body], dtype=torch.long).view(n_blocks, body)
+    if uses_bos:
+        blocks = torch.cat([torch.full((n_blocks, 1), bos, dtype=torch.long), blocks], dim=1)
+    return blocks
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Shuffled batches whose order depends only on (seed, epoch); skips the batches already done."""
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, batches_done: Callable[[], int]):
+        self.n_items, self.batch_size, self.seed, self.batches_done = n_items, batch_size, seed, batches_done
+
+    def __len__(self) -> int:
+        return self.n_items // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, offset = divmod(self.batches_done(), len(self))
+        order = torch.randperm(self.n_items, generator=torch.Generator().manual_seed(self.seed + epoch))
+        for batch in range(offset, len(self)):
+            yield order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
+
+
+class DistillDataModule(LightningDataModule):
+    def __init__(self, tokenizer, cfg: DataConfig):
+        super().__init__()
+        check_data_config(cfg)
+        self.tokenizer, self.cfg = tokenizer, cfg
+        self.train_blocks: torch.Tensor | None = None
+        self.val_blocks: torch.Tensor | None = None
+
+    def _cache_path(self) -> Path | None:
+        if not self.cfg.cache_dir:
+            return None
+        key = {"tokenizer": _tokenizer_fingerprint(self.tokenizer), "sources": list(self.cfg.sources),
+               "max_chars_per_source": self.cfg.max_chars_per_source, "block_size": self.cfg.block_size}
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+        return Path(self.cfg.cache_dir).expanduser() / "blocks" / f"{digest}.pt"
+
+    def blocks(self) -> torch.Tensor:
+        """All packed blocks (train then validation), from the cache when possible."""
+        path = self._cache_path()
+        if path is not None and path.exists():
+            return torch.load(path)
+        texts = corpus_texts(list(self.cfg.sources), self.cfg.max_chars_per_source)
+        blocks = pack_blocks(self.tokenizer, texts, self.cfg.block_size)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".partial")
+            torch.save(blocks, tmp)
+            tmp.rename(path)
+        return blocks
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_blocks is not None:
+            return
+        blocks = self.blocks()
+        if len(blocks) <= self.cfg.val_blocks + self.cfg.batch_size:
+            raise ValueError(f"The corpus gives {len(blocks)} blocks of {self.cfg.block_size} tokens: too few for "
+                             f"data.val_blocks={self.cfg.val_blocks} plus one batch; use more text.")
+        self.train_blocks, self.val_blocks = blocks[: -self.cfg.val_blocks], blocks[-self.cfg.val_blocks:]
+        log.info("data: %d train and %d validation blocks of %d tokens", len(self.train_blocks),
+                 len(self.val_blocks), self.cfg.block_size)
+
+    def train_token_counts(self) -> torch.Tensor:
+        """Token frequencies of the training blocks (what the `chars` alphabet is counted on)."""
+        self.setup()
+        return torch.bincount(self.train_blocks.flatten(), minlength=len(self.tokenizer))
+
+    def _batches_done(self) -> int:
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.global_step * trainer.accumulate_grad_batches
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = ResumableBatchSampler(len(self.train_blocks), self.cfg.batch_size, self.cfg.seed, self._batches_done)
+        return DataLoader(TensorDataset(self.train_blocks), batch_sampler=sampler,
+                          num_workers=self.cfg.num_workers, collate_fn=_collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.val_blocks), batch_size=self.cfg.batch_size, shuffle=False,
+                          num_workers=self.cfg.num_workers, collate_fn=_collate)
+
+
+def _collate(rows: list[tuple[torch.Tensor]]) -> torch.Tensor:
+    return torch.stack([row[0] for row in rows])

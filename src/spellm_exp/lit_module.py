@@ -1,0 +1,171 @@
+"""The LightningModule for self-distillation of a SpeLLM from its own teacher.
+
+`train.trainable`:
+- `heads` (default): the backbone is frozen; one backbone pass (no grad) gives both the
+  teacher's logits and the heads' inputs, and no backward pass touches the backbone;
+- `lora`: LoRA adapters on the backbone train with the heads; the teacher is the same model
+  with the adapters switched off;
+- `full`: the whole backbone trains; a frozen copy of it is the teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+from lightning.pytorch import LightningModule
+
+from spellm_exp.losses import Targets, chunked_head_marginals, distillation_loss
+from spellm_exp.model import SpeLLM, teacher_head
+
+
+class Trainable(str, Enum):
+    heads = "heads"
+    lora = "lora"
+    full = "full"
+
+
+@dataclass
+class TrainConfig:
+    """The `train` config node: what trains and how."""
+
+    trainable: Trainable = Trainable.heads
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # cosine decay to this share of lr by trainer.max_steps
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 1.0
+    ce_weight: float = 0.0
+    chunk_size: int = 256  # positions per teacher-logit chunk: bounds memory at chunk x |V|
+
+
+class DistillModule(LightningModule):
+    def __init__(self, spellm: SpeLLM, train: TrainConfig, loss: LossConfig):
+        super().__init__()
+        self.spellm, self.train_cfg, self.loss_cfg = spellm, train, loss
+        self.mode = Trainable(train.trainable)
+        self.strict_loading = False  # checkpoints hold only what trains
+        self.peft_model = None
+        self.teacher_lm = None
+        if self.mode is Trainable.heads:
+            spellm.causal_lm.requires_grad_(False)
+        elif self.mode is Trainable.lora:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=train.lora_r, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout,
+                              target_modules=list(train.lora_targets))
+            # injects the adapters into spellm.causal_lm in place and freezes everything else
+            self.peft_model = get_peft_model(spellm.causal_lm, lora)
+        else:
+            self.teacher_lm = copy.deepcopy(spellm.causal_lm).requires_grad_(False).eval()
+        self.register_buffer("table", spellm.spelling.table.clone(), persistent=False)
+        self.register_buffer("spellable", spellm.spelling.spellable.clone(), persistent=False)
+        self._batch_started = 0.0
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.mode is Trainable.heads:  # frozen: no dropout, no batch statistics
+            self.spellm.causal_lm.eval()
+        if self.teacher_lm is not None:
+            self.teacher_lm.eval()
+        return self
+
+    # --- the step -----------------------------------------------------------------------------
+    def _hidden_states(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module]:
+        """(student head inputs, teacher hidden states, teacher CausalLM) for a batch of ids."""
+        if self.mode is Trainable.heads:
+            with torch.no_grad():
+                hidden, _ = self.spellm.backbone(ids)
+            return hidden, hidden, self.spellm.causal_lm
+        if self.mode is Trainable.lora:
+            with torch.no_grad(), self.peft_model.disable_adapter():
+                teacher_hidden, _ = self.spellm.backbone(ids)
+            return self.spellm.backbone(ids)[0], teacher_hidden, self.spellm.causal_lm
+        with torch.no_grad():
+            teacher_hidden = self.teacher_lm.base_model(input_ids=ids).last_hidden_state
+        return self.spellm.backbone(ids)[0], teacher_hidden, self.teacher_lm
+
+    def _step(self, ids: torch.Tensor, stage: str) -> torch.Tensor:
+        hidden, teacher_hidden, teacher_lm = self._hidden_states(ids)
+        with torch.no_grad():
+            targets = chunked_head_marginals(
+                teacher_hidden.flatten(0, 1), lambda h: teacher_head(teacher_lm, h), self.table, self.spellable,
+                self.spellm.alphabet.size, self.loss_cfg.temperature, self.loss_cfg.chunk_size)
+        student = self.spellm.heads(hidden).flatten(0, 1)  # [N, k, |Sigma|]
+        target_ids = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1).flatten()
+        parts = distillation_loss(student, targets, self.loss_cfg.temperature, self.loss_cfg.ce_weight,
+                                  target_ids, self.table, self.spellable)
+        self._log_metrics(stage, parts, student.detach(), targets, target_ids, ids.shape[0])
+        return parts.total
+
+    def _log_metrics(self, stage, parts, student, targets: Targets, target_ids, batch_size) -> None:
+        valid = targets.valid
+        predicted = student.argmax(-1)  # [N, k]
+        has_truth = (target_ids >= 0) & self.spellable[target_ids.clamp(min=0)]
+        truth = self.table[target_ids.clamp(min=0)]
+        log_p = torch.log_softmax(student.float(), -1)
+        metrics = {"kl": parts.kl, "dropped_mass": targets.dropped_mass.mean()}
+        if parts.ce is not None:
+            metrics["ce"] = parts.ce
+        agree_teacher = (predicted == targets.marginals.argmax(-1))[valid].float().mean(0)
+        agree_truth = (predicted == truth)[has_truth].float().mean(0)
+        entropy = -(log_p.exp() * log_p).sum(-1).mean(0)
+        for i in range(self.spellm.k):
+            metrics[f"head{i:02d}/kl"] = parts.kl_per_head[i]
+            metrics[f"head{i:02d}/agree_teacher"] = agree_teacher[i]
+            metrics[f"head{i:02d}/agree_truth"] = agree_truth[i]
+            metrics[f"head{i:02d}/entropy"] = entropy[i]
+        metrics["agree_teacher"] = agree_teacher.mean()
+        metrics["agree_truth"] = agree_truth.mean()
+        on_step = stage == "train"
+        self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()}, on_step=on_step,
+                      on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+        self.log(f"{stage}/loss", parts.total, prog_bar=True, on_step=on_step, on_epoch=not on_step,
+                 batch_size=batch_size, sync_dist=not on_step)
+
+    def training_step(self, ids: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self._step(ids, "train")
+
+    def validation_step(self, ids: torch.Tensor, batch_idx: int) -> None:
+        self._step(ids, "val")
+
+    # --- throughput ---------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        seconds = time.perf_counter() - self._batch_started
+        self.log("train/tokens_per_s", batch.numel() / seconds, on_step=True, prog_bar=True)
+
+    # --- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay)
+        total = max(self.trainer.max_steps, 1) if self.trainer.max_steps > 0 else 1000
+        warmup, floor = self.train_cfg.warmup_steps, self.train_cfg.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(total - warmup, 1))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only what trains: a heads-only checkpoint is a few MB, not the whole backbone."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}

@@ -1,0 +1,149 @@
+"""python -m spellm_exp.train model=<teacher> k=<heads>: distil a SpeLLM from its teacher."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from spellm_exp.callbacks import SpeLLMExport
+from spellm_exp.charset import CharsetConfig, SpellingError, TokenSpellings, build_alphabet, check_charset
+from spellm_exp.config import CONFIG_PATH, model_config
+from spellm_exp.data.datamodule import DataConfig, DistillDataModule, check_data_config
+from spellm_exp.heads import HeadInit
+from spellm_exp.lit_module import DistillModule, LossConfig, TrainConfig
+from spellm_exp.model import SpeLLM
+from spellm_exp.models import TeacherConfigError, check_model_config, load_teacher
+from spellm_exp.provenance import git_sha, provenance
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A run config that cannot work; raised before anything heavy loads."""
+
+
+def _typed(schema, node) -> object:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Every check that needs no weights, so a bad override fails in a second, not after loading."""
+    try:
+        charset: CharsetConfig = _typed(CharsetConfig, cfg.charset)
+        check_charset(charset.kind.value, charset.size, cfg.k)
+        check_model_config(model_config(cfg))
+        check_data_config(_typed(DataConfig, cfg.data))
+        train, loss = _typed(TrainConfig, cfg.train), _typed(LossConfig, cfg.loss)
+        HeadInit(cfg.heads_init)
+    except (SpellingError, TeacherConfigError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+    except Exception as err:  # omegaconf validation errors name the key and the allowed values
+        raise ConfigError(str(err).splitlines()[0]) from err
+    if loss.temperature <= 0 or loss.ce_weight < 0 or loss.chunk_size < 1:
+        raise ConfigError("loss.temperature must be > 0, loss.ce_weight >= 0 and loss.chunk_size >= 1.")
+    if train.lr <= 0:
+        raise ConfigError(f"train.lr={train.lr} must be > 0.")
+
+
+def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.exists():
+        raise ConfigError(f"ckpt_path=last found no {last}; resume with hydra.run.dir=<the interrupted run's folder>.")
+    return str(last)
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    loggers = []
+    for name, node in (cfg.logger or {}).items():
+        kwargs = {"save_dir": str(run_dir)}
+        if name == "wandb":
+            kwargs["tags"] = [f"model={cfg.model.name}", f"k={cfg.k}", f"charset={_typed(CharsetConfig, cfg.charset).kind.value}",
+                              f"charset.size={cfg.charset.size}", f"git={git_sha()[:12]}", *node.get("tags", [])]
+            kwargs["config"] = OmegaConf.to_container(cfg, resolve=True)
+        loggers.append(instantiate(node, **kwargs))
+    return loggers
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Distil as `cfg` says, writing into `run_dir`; returns the summary."""
+    check_train_config(cfg)
+    ckpt_path = _resume_path(cfg, run_dir)
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True)
+
+    teacher = load_teacher(model_config(cfg))
+    data_cfg: DataConfig = _typed(DataConfig, cfg.data)
+    if data_cfg.cache_dir is None:
+        data_cfg.cache_dir = cfg.paths.cache_dir
+    datamodule = DistillDataModule(teacher.tokenizer, data_cfg)
+    counts = datamodule.train_token_counts()
+    charset: CharsetConfig = _typed(CharsetConfig, cfg.charset)
+    alphabet = build_alphabet(charset.kind.value, charset.size, TokenSpellings.from_tokenizer(teacher.tokenizer), counts)
+    spellm = SpeLLM.build(teacher, alphabet, cfg.k, init=cfg.heads_init, seed=cfg.seed)
+    coverage = spellm.spelling.coverage(counts[: spellm.spelling.vocab_size])
+    log.info("alphabet: %s, |Sigma|=%d, k=%d; coverage %s", alphabet.kind.value, alphabet.size, cfg.k, coverage)
+
+    module = DistillModule(spellm, _typed(TrainConfig, cfg.train), _typed(LossConfig, cfg.loss))
+    every = cfg.checkpoint.every_n_train_steps
+    callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1,
+                                 every_n_train_steps=every),
+                 SpeLLMExport(run_dir / "spellm", every_n_train_steps=every)]
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg, run_dir), callbacks=callbacks,
+                                      default_root_dir=str(run_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    summary = {
+        "teacher": teacher.info.as_dict(),
+        "k": cfg.k,
+        "alphabet": {"kind": alphabet.kind.value, "sigma": alphabet.size},
+        "trainable": str(cfg.train.trainable),
+        "coverage": coverage,
+        "steps": trainer.global_step,
+        "tokens_seen": trainer.global_step * trainer.accumulate_grad_batches * data_cfg.batch_size * data_cfg.block_size,
+        "seconds": round(time.perf_counter() - started, 1),
+        "val": metrics,
+        "spellm_checkpoint": str(run_dir / "spellm"),
+        "provenance": provenance(OmegaConf.to_container(cfg, resolve=True)),
+    }
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = run(cfg, run_dir)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    finally:
+        _finish_wandb()
+    log.info("val: %s", {k: round(v, 4) for k, v in summary["val"].items() if "/head" not in k})
+    log.info("wrote %s", run_dir / "summary.json")
+
+
+def _finish_wandb() -> None:
+    """Close a wandb run between multirun jobs, so each job is its own run."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+if __name__ == "__main__":
+    main()

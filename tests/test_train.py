@@ -1,0 +1,146 @@
+"""Distillation end to end: composed Hydra configs, every trainable mode, resume, early errors."""
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from spellm_exp.model import SpeLLM
+from spellm_exp.models import TINY_MODELS
+from spellm_exp.train import ConfigError, check_train_config, run
+
+from .conftest import REPO_ROOT
+
+CONF = REPO_ROOT / "conf"
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def _tiny(cache_dir, tmp_path, *overrides):
+    return _compose("debug=fdr", "k=4", f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}", *overrides)
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_fast_dev_run_on_every_tiny_family(name, cache_dir, tmp_path):
+    summary = run(_tiny(cache_dir, tmp_path, f"model={name}"), tmp_path)
+    assert summary["steps"] == 1 and summary["teacher"]["name"] == name
+    assert set(summary["val"]) >= {"val/loss", "val/kl", "val/head00/agree_teacher", "val/head03/entropy"}
+    loaded = SpeLLM.load(tmp_path / "spellm", cache_dir=cache_dir)
+    assert loaded.k == 4
+    assert json.loads((tmp_path / "summary.json").read_text())["k"] == 4
+
+
+@pytest.mark.parametrize("trainable", ["heads", "lora", "full"])
+def test_every_trainable_mode_trains_and_exports(trainable, cache_dir, tmp_path):
+    cfg = _tiny(cache_dir, tmp_path, "model=tiny_qwen", f"train.trainable={trainable}")
+    summary = run(cfg, tmp_path)
+    assert summary["trainable"] == trainable and summary["steps"] == 1
+    meta = json.loads((tmp_path / "spellm" / "spellm.json").read_text())
+    assert meta["backbone"] == {"heads": "frozen", "lora": "lora", "full": "trained"}[trainable]
+    SpeLLM.load(tmp_path / "spellm", cache_dir=cache_dir)
+
+
+def test_heads_mode_leaves_the_backbone_untouched(cache_dir, tmp_path):
+    from spellm_exp.models import load_teacher
+
+    cfg = _compose("model=tiny_llama", "k=4", "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
+                   "trainer.limit_val_batches=1", "data.max_chars_per_source=20000", "data.block_size=32",
+                   "data.batch_size=2", "data.val_blocks=4", "trainer.enable_progress_bar=false",
+                   f"paths.cache_dir={cache_dir}")
+    run(cfg, tmp_path)
+    loaded = SpeLLM.load(tmp_path / "spellm", cache_dir=cache_dir)
+    fresh = load_teacher(name="tiny_llama", cache_dir=cache_dir)
+    for (name, a), (_, b) in zip(loaded.causal_lm.named_parameters(), fresh.model.named_parameters()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(loaded.heads.weight, SpeLLM.build(fresh, loaded.alphabet, 4).heads.weight)
+    metrics = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    assert {"train/loss", "train/tokens_per_s", "val/kl", "val/head00/agree_truth"} <= set(metrics.columns)
+
+
+def _resume_cfg(cache_dir, steps):
+    return _compose("model=tiny_llama", "k=4", f"trainer.max_steps={steps}", "trainer.val_check_interval=2",
+                    "trainer.limit_val_batches=1", "data.max_chars_per_source=20000", "data.block_size=32",
+                    "data.batch_size=2", "data.val_blocks=4", "checkpoint.every_n_train_steps=2",
+                    "trainer.enable_progress_bar=false", f"paths.cache_dir={cache_dir}")
+
+
+def test_resume_from_a_mid_run_checkpoint_reaches_the_same_weights(cache_dir, tmp_path):
+    run(_resume_cfg(cache_dir, 6), tmp_path / "straight")
+    # an interrupted run: stopped after 4 steps, then resumed to 6 from its last checkpoint
+    run(_resume_cfg(cache_dir, 4), tmp_path / "interrupted")
+    resumed = _resume_cfg(cache_dir, 6)
+    with open_dict(resumed):
+        resumed.ckpt_path = "last"
+    summary = run(resumed, tmp_path / "interrupted")
+    assert summary["steps"] == 6
+    straight = SpeLLM.load(tmp_path / "straight" / "spellm", cache_dir=cache_dir).heads
+    again = SpeLLM.load(tmp_path / "interrupted" / "spellm", cache_dir=cache_dir).heads
+    torch.testing.assert_close(again.weight, straight.weight)
+    torch.testing.assert_close(again.bias, straight.bias)
+    assert (tmp_path / "interrupted" / "checkpoints" / "last.ckpt").stat().st_size < 1_000_000  # heads only
+
+
+def test_resume_without_a_checkpoint_names_the_fix(cache_dir, tmp_path):
+    cfg = _tiny(cache_dir, tmp_path, "model=tiny_llama", "ckpt_path=last")
+    with pytest.raises(ConfigError, match=r"hydra.run.dir=<the interrupted run's folder>"):
+        run(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["k=0"], r"k=0: the number of character heads must be an integer >= 1"),
+    (["charset.size=1"], r"charset.size=1: .*use charset.size >= 2"),
+    (["model.name=nonexistent"], r"Unknown model 'nonexistent'"),
+    (["train.trainable=everything"], r"trainable"),
+    (["loss.temperature=0"], r"loss.temperature must be > 0"),
+    (["data.sources=[wikipedia]"], r"data.sources=\['wikipedia'\]: choose one or more of"),
+])
+def test_bad_overrides_fail_before_any_model_loads(overrides, message, monkeypatch):
+    import spellm_exp.train as train_module
+
+    monkeypatch.setattr(train_module, "load_teacher", pytest.fail)
+    with pytest.raises(ConfigError, match=message):
+        check_train_config(_compose(*overrides))
+
+
+def test_unknown_model_group_is_rejected_by_hydra():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match=r"model/nonexistent"):
+        _compose("model=nonexistent")
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_config_composes_and_runs_one_batch(experiment, cache_dir, tmp_path, monkeypatch):
+    cfg = _compose(f"experiment={experiment}", "debug=fdr")
+    check_train_config(cfg)
+    assert cfg.k >= 1
+    # the real teachers are the slow part: run the same experiment on the tiny model of its family
+    tiny = {"llama": "tiny_llama", "gemma": "tiny_gemma"}[cfg.model.name]
+    with open_dict(cfg):
+        cfg.model.name = tiny
+        cfg.paths.cache_dir = cache_dir
+    assert run(cfg, tmp_path)["steps"] == 1
+
+
+def test_multirun_jobs_get_their_own_folders(cache_dir, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "spellm_exp.train", "-m", "model=tiny_llama", "debug=fdr", "k=2,3",
+         f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(p.name for p in Path(tmp_path / "sweep").iterdir() if p.is_dir())
+    assert jobs == ["debug=fdr,k=2,model=tiny_llama", "debug=fdr,k=3,model=tiny_llama"]
+    for job, k in zip(jobs, (2, 3)):
+        assert json.loads((tmp_path / "sweep" / job / "summary.json").read_text())["k"] == k
