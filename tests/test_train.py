@@ -144,3 +144,24 @@ def test_multirun_jobs_get_their_own_folders(cache_dir, tmp_path):
     assert jobs == ["debug=fdr,k=2,model=tiny_llama", "debug=fdr,k=3,model=tiny_llama"]
     for job, k in zip(jobs, (2, 3)):
         assert json.loads((tmp_path / "sweep" / job / "summary.json").read_text())["k"] == k
+
+
+def test_wandb_logger_writes_an_offline_run_without_credentials(cache_dir, tmp_path, monkeypatch):
+    from spellm_exp import loggers
+
+    monkeypatch.setattr(loggers, "has_wandb_credentials", lambda: False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = _resume_cfg(cache_dir, 2)  # not fast_dev_run, which swaps loggers for a dummy
+    cfg.logger = _compose("logger=wandb").logger
+    try:
+        run(cfg, tmp_path)
+    finally:
+        from spellm_exp.train import _finish_wandb
+
+        _finish_wandb()
+        monkeypatch.delenv("WANDB_MODE", raising=False)  # WandbLogger(offline=True) sets it process-wide
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    record = next(runs[0].glob("run-*.wandb")).read_bytes()  # the offline log that `wandb sync` uploads
+    for key in (b"charset", b"tiny_llama", b"val/loss", b"k=4"):
+        assert key in record

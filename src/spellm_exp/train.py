@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -67,12 +67,15 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     loggers = []
     for name, node in (cfg.logger or {}).items():
-        kwargs = {"save_dir": str(run_dir)}
-        if name == "wandb":
-            kwargs["tags"] = [f"model={cfg.model.name}", f"k={cfg.k}", f"charset={_typed(CharsetConfig, cfg.charset).kind.value}",
-                              f"charset.size={cfg.charset.size}", f"git={git_sha()[:12]}", *node.get("tags", [])]
+        kwargs = OmegaConf.to_container(node, resolve=True)
+        factory = get_method(kwargs.pop("_target_"))
+        kwargs["save_dir"] = str(run_dir)
+        if name == "wandb":  # the run config and tags feed wandb's table and parallel-coordinates views
+            kwargs["tags"] = [f"model={cfg.model.name}", f"k={cfg.k}",
+                              f"charset={_typed(CharsetConfig, cfg.charset).kind.value}",
+                              f"charset.size={cfg.charset.size}", f"git={git_sha()[:12]}", *kwargs.get("tags", [])]
             kwargs["config"] = OmegaConf.to_container(cfg, resolve=True)
-        loggers.append(instantiate(node, **kwargs))
+        loggers.append(factory(**kwargs))
     return loggers
 
 
