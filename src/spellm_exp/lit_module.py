@@ -97,7 +97,8 @@ class DistillModule(LightningModule):
             teacher_hidden = self.teacher_lm.base_model(input_ids=ids).last_hidden_state
         return self.spellm.backbone(ids)[0], teacher_hidden, self.teacher_lm
 
-    def _step(self, ids: torch.Tensor, stage: str) -> torch.Tensor:
+    def loss_parts(self, ids: torch.Tensor):
+        """(loss parts, student logits [N, k, S], targets, next-token ids [N]) for a batch of ids."""
         hidden, teacher_hidden, teacher_lm = self._hidden_states(ids)
         with torch.no_grad():
             targets = chunked_head_marginals(
@@ -107,6 +108,10 @@ class DistillModule(LightningModule):
         target_ids = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1).flatten()
         parts = distillation_loss(student, targets, self.loss_cfg.temperature, self.loss_cfg.ce_weight,
                                   target_ids, self.table, self.spellable)
+        return parts, student, targets, target_ids
+
+    def _step(self, ids: torch.Tensor, stage: str) -> torch.Tensor:
+        parts, student, targets, target_ids = self.loss_parts(ids)
         self._log_metrics(stage, parts, student.detach(), targets, target_ids, ids.shape[0])
         return parts.total
 
