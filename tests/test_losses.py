@@ -109,3 +109,23 @@ def test_ce_weight_adds_the_spelled_cross_entropy():
     torch.testing.assert_close(mixed.ce, values[mask].mean())
     torch.testing.assert_close(mixed.total, plain.total + 0.5 * mixed.ce)
     assert plain.ce is None and plain.total is plain.kl
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=logits_strategy)
+def test_sparse_marginals_equal_a_direct_sum_over_the_vocabulary(seed):
+    generator = torch.Generator().manual_seed(seed)
+    vocab, k, symbols = 50, 5, 7
+    lengths = torch.randint(0, k + 1, (vocab,), generator=generator)  # 0: does not spell
+    table = torch.randint(2, symbols, (vocab, k), generator=generator)
+    table[torch.arange(k) >= lengths.unsqueeze(1)] = PAD
+    spellable = lengths > 0
+    logits = torch.randn(4, vocab, generator=generator) * 2
+    targets = head_marginals(logits, table, spellable, symbols)
+    probs = torch.softmax(logits, -1) * spellable
+    probs = probs / probs.sum(-1, keepdim=True)
+    direct = torch.zeros(4, k, symbols)
+    for v in range(vocab):
+        for i in range(k):
+            direct[:, i, table[v, i]] += probs[:, v]
+    torch.testing.assert_close(targets.marginals, direct, atol=1e-5, rtol=1e-5)

@@ -19,7 +19,7 @@ from enum import Enum
 import torch
 from lightning.pytorch import LightningModule
 
-from spellm_exp.losses import Targets, chunked_head_marginals, distillation_loss
+from spellm_exp.losses import Targets, chunked_head_marginals, distillation_loss, spelling_matrix
 from spellm_exp.model import SpeLLM, teacher_head
 
 
@@ -72,6 +72,7 @@ class DistillModule(LightningModule):
             self.teacher_lm = copy.deepcopy(spellm.causal_lm).requires_grad_(False).eval()
         self.register_buffer("table", spellm.spelling.table.clone(), persistent=False)
         self.register_buffer("spellable", spellm.spelling.spellable.clone(), persistent=False)
+        self.register_buffer("spelling_matrix", spelling_matrix(self.table, spellm.alphabet.size), persistent=False)
         self._batch_started = 0.0
 
     def train(self, mode: bool = True):
@@ -103,7 +104,7 @@ class DistillModule(LightningModule):
         with torch.no_grad():
             targets = chunked_head_marginals(
                 teacher_hidden.flatten(0, 1), lambda h: teacher_head(teacher_lm, h), self.table, self.spellable,
-                self.spellm.alphabet.size, self.loss_cfg.temperature, self.loss_cfg.chunk_size)
+                self.spellm.alphabet.size, self.loss_cfg.temperature, self.loss_cfg.chunk_size, self.spelling_matrix)
         student = self.spellm.heads(hidden).flatten(0, 1)  # [N, k, |Sigma|]
         target_ids = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1).flatten()
         parts = distillation_loss(student, targets, self.loss_cfg.temperature, self.loss_cfg.ce_weight,

@@ -7,8 +7,9 @@ renormalised (the dropped mass is reported). Head i's target is the marginal
 
 and the loss is the mean over heads of KL(q_i || p_i): among distributions that factorise over
 the k positions, the product of these marginals is the closest to p_T in KL(p_T || .). The
-targets are built with `index_add` over the vocabulary axis, chunk by chunk, so no N x |V| x k
-tensor (and, with `teacher_logits_fn`, no N x |V| tensor) is ever materialised.
+targets are one sparse-dense product, q = M p, with M the [k*|Sigma|, |V|] 0/1 spelling matrix
+restricted to non-PAD symbols; q_i(PAD) is what remains of the mass. No N x |V| x k tensor
+(and, with `teacher_logits_fn`, no N x |V| tensor beyond one chunk) is ever materialised.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import warnings
+
 import torch
 import torch.nn.functional as F
+
+from spellm_exp.charset import PAD
 
 _EPS = 1e-12
 
@@ -29,25 +34,47 @@ class Targets:
     valid: torch.Tensor  # [N] bool: some teacher mass spells
 
 
+def spelling_matrix(table: torch.Tensor, n_symbols: int) -> torch.Tensor:
+    """Sparse CSR [k*|Sigma|, |V|]: 1 at (i*|Sigma| + S[v, i], v) for every non-PAD symbol of the table."""
+    vocab_size, k = table.shape
+    keep = table != PAD
+    rows = (torch.arange(k, device=table.device) * n_symbols + table)[keep]
+    cols = torch.arange(vocab_size, device=table.device).unsqueeze(1).expand(vocab_size, k)[keep]
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel(), device=table.device),
+                                  (k * n_symbols, vocab_size))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return coo.coalesce().to_sparse_csr()
+
+
 def head_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor,
-                   n_symbols: int, temperature: float = 1.0) -> Targets:
-    """[N, |V|] teacher logits -> per-head marginals of the renormalised spellable distribution."""
+                   n_symbols: int, temperature: float = 1.0, matrix: torch.Tensor | None = None) -> Targets:
+    """[N, |V|] teacher logits -> per-head marginals of the renormalised spellable distribution.
+
+    `matrix` is `spelling_matrix(table, n_symbols)`, passed in to build it once per table.
+    """
+    if matrix is None:
+        matrix = spelling_matrix(table, n_symbols)
     probs = torch.softmax(teacher_logits.float() / temperature, dim=-1)
     spell_mass = probs[:, spellable].sum(-1)
     probs = probs * spellable / spell_mass.clamp(min=_EPS).unsqueeze(-1)
     k = table.shape[1]
-    marginals = probs.new_zeros(probs.shape[0], k, n_symbols)
-    for i in range(k):
-        marginals[:, i].index_add_(1, table[:, i], probs)
-    return Targets(marginals, 1.0 - spell_mass, spell_mass > _EPS)
+    marginals = torch.sparse.mm(matrix, probs.T.contiguous()).T.reshape(-1, k, n_symbols)
+    valid = spell_mass > _EPS
+    # the rest of each head's mass is on PAD (tokens shorter than i + 1); 0 where nothing spells
+    marginals[:, :, PAD] = (valid.float().unsqueeze(-1) - marginals.sum(-1)).clamp(min=0.0)
+    return Targets(marginals, 1.0 - spell_mass, valid)
 
 
 def chunked_head_marginals(hidden: torch.Tensor, teacher_logits_fn: Callable[[torch.Tensor], torch.Tensor],
                            table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,
-                           temperature: float = 1.0, chunk_size: int = 256) -> Targets:
+                           temperature: float = 1.0, chunk_size: int = 256,
+                           matrix: torch.Tensor | None = None) -> Targets:
     """The same targets from hidden states [N, d], computing teacher logits `chunk_size` rows at a time."""
+    if matrix is None:
+        matrix = spelling_matrix(table, n_symbols)
     parts = [head_marginals(teacher_logits_fn(hidden[start:start + chunk_size]), table, spellable,
-                            n_symbols, temperature)
+                            n_symbols, temperature, matrix)
              for start in range(0, hidden.shape[0], chunk_size)]
     return Targets(*(torch.cat([getattr(p, f) for p in parts]) for f in ("marginals", "dropped_mass", "valid")))
 
