@@ -68,7 +68,7 @@ def bench_model(name: str, cfg: DictConfig) -> list[dict]:
     rows = []
     for k in cfg.ks:
         spellm = SpeLLM.build(teacher, _alphabet(cfg.charset), k)
-        module = DistillModule(spellm, TrainConfig(), LossConfig(chunk_size=cfg.chunk_size))
+        module = DistillModule(spellm, TrainConfig(), LossConfig(chunk_elements=cfg.chunk_elements))
         module.train()
         optimizer = torch.optim.AdamW(spellm.heads.parameters(), lr=1e-3)
 
@@ -107,8 +107,8 @@ def main(cfg: DictConfig) -> None:
                                   "distill_tokens_per_s": "distill tok/s", "throughput_ratio": "distill / teacher",
                                   "teacher_peak_rise_mb": "teacher peak MB", "distill_peak_rise_mb": "distill peak MB"})
     notes = [
-        f"Batch {cfg.batch_size} x {cfg.block_size} tokens, fp32, charset {cfg.charset}, teacher-logit chunk "
-        f"{cfg.chunk_size} positions; median of {cfg.repeats} timed steps after {cfg.warmup} warm-up, teacher and "
+        f"Batch {cfg.batch_size} x {cfg.block_size} tokens, fp32, charset {cfg.charset}, teacher logits in chunks "
+        f"of {cfg.chunk_elements:,} floats (positions x |V|); median of {cfg.repeats} timed steps after {cfg.warmup} warm-up, teacher and "
         "distillation steps interleaved in one process.",
         "teacher: a plain forward of the teacher, `model(ids).logits` (the full |V| logits), no grad. distill: one "
         "heads-only training step (frozen backbone pass, chunked teacher marginals, k heads, backward, AdamW).",

@@ -48,7 +48,10 @@ class TrainConfig:
 class LossConfig:
     temperature: float = 1.0
     ce_weight: float = 0.0
-    chunk_size: int = 256  # positions per teacher-logit chunk: bounds memory at chunk x |V|
+    chunk_elements: int = 16_777_216  # teacher logits per chunk (positions x |V|): bounds the loss's memory
+
+    def chunk_positions(self, vocab_size: int) -> int:
+        return max(1, self.chunk_elements // vocab_size)
 
 
 class DistillModule(LightningModule):
@@ -104,7 +107,8 @@ class DistillModule(LightningModule):
         with torch.no_grad():
             targets = chunked_head_marginals(
                 teacher_hidden.flatten(0, 1), lambda h: teacher_head(teacher_lm, h), self.table, self.spellable,
-                self.spellm.alphabet.size, self.loss_cfg.temperature, self.loss_cfg.chunk_size, self.spelling_matrix)
+                self.spellm.alphabet.size, self.loss_cfg.temperature,
+                self.loss_cfg.chunk_positions(self.table.shape[0]), self.spelling_matrix)
         student = self.spellm.heads(hidden).flatten(0, 1)  # [N, k, |Sigma|]
         target_ids = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1).flatten()
         parts = distillation_loss(student, targets, self.loss_cfg.temperature, self.loss_cfg.ce_weight,

@@ -56,10 +56,11 @@ def head_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable:
     if matrix is None:
         matrix = spelling_matrix(table, n_symbols)
     probs = torch.softmax(teacher_logits.float() / temperature, dim=-1)
-    spell_mass = probs[:, spellable].sum(-1)
-    probs = probs * spellable / spell_mass.clamp(min=_EPS).unsqueeze(-1)
+    spell_mass = probs @ spellable.to(probs.dtype)
     k = table.shape[1]
+    # unspellable ids have empty columns in the matrix: renormalising after the product is enough
     marginals = torch.sparse.mm(matrix, probs.T.contiguous()).T.reshape(-1, k, n_symbols)
+    marginals = marginals / spell_mass.clamp(min=_EPS).reshape(-1, 1, 1)
     valid = spell_mass > _EPS
     # the rest of each head's mass is on PAD (tokens shorter than i + 1); 0 where nothing spells
     marginals[:, :, PAD] = (valid.float().unsqueeze(-1) - marginals.sum(-1)).clamp(min=0.0)

@@ -49,8 +49,8 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from err
     except Exception as err:  # omegaconf validation errors name the key and the allowed values
         raise ConfigError(str(err).splitlines()[0]) from err
-    if loss.temperature <= 0 or loss.ce_weight < 0 or loss.chunk_size < 1:
-        raise ConfigError("loss.temperature must be > 0, loss.ce_weight >= 0 and loss.chunk_size >= 1.")
+    if loss.temperature <= 0 or loss.ce_weight < 0 or loss.chunk_elements < 1:
+        raise ConfigError("loss.temperature must be > 0, loss.ce_weight >= 0 and loss.chunk_elements >= 1.")
     if train.lr <= 0:
         raise ConfigError(f"train.lr={train.lr} must be > 0.")
 
