@@ -72,10 +72,7 @@ class SpeLLM(nn.Module):
     # --- the forward pass -------------------------------------------------------------------
     def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
-        out = self.causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                        position_ids=position_ids, past_key_values=past_key_values,
-                                        use_cache=use_cache)
-        return out.last_hidden_state, out.past_key_values
+        return run_backbone(self.causal_lm, input_ids, attention_mask, position_ids, past_key_values, use_cache)
 
     def teacher_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The teacher's own output layer, exactly as its CausalLM applies it."""
@@ -157,6 +154,14 @@ class SpeLLM(nn.Module):
 
             teacher.model = PeftModel.from_pretrained(teacher.model, folder / LORA_FOLDER).merge_and_unload()
         return cls(teacher, spelling, heads)
+
+
+def run_backbone(causal_lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
+    """(final normed hidden states, KV cache) of a CausalLM's backbone: what both output layers read."""
+    out = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               past_key_values=past_key_values, use_cache=use_cache)
+    return out.last_hidden_state, out.past_key_values
 
 
 def teacher_head(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

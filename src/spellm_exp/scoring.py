@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from spellm_exp.charset import SegmentationError, SpellingTable, bytes_to_units
-from spellm_exp.model import SpeLLM
+from spellm_exp.model import SpeLLM, run_backbone, teacher_head
 
 MODES = ("product", "vocab_normalized")
 
@@ -83,46 +83,75 @@ def vocab_scores(log_probs: torch.Tensor, table: torch.Tensor, spellable: torch.
     return scores.masked_fill(~spellable, -math.inf)
 
 
-@torch.inference_mode()
-def score_requests(spellm: SpeLLM, requests: list[tuple[str, str]], mode: str = "product",
-                   batch_size: int = 8, raise_on_failure: bool = True) -> list[ScoreResult]:
-    if mode not in MODES:
-        raise ValueError(f"score={mode} is unknown; use one of {MODES}.")
-    spelling = spellm.spelling
-    prepared, results = [], [None] * len(requests)
-    for index, (context, continuation) in enumerate(requests):
-        context_ids, continuation_ids = encode_pair(spellm.tokenizer, context, continuation)
-        try:
-            segments, n_re = segment(spelling, continuation_ids)
-        except SegmentationError as err:
-            if raise_on_failure:
-                raise
-            results[index] = ScoreResult(-math.inf, False, 0, 0, failure=str(err))
-            continue
-        prepared.append((index, context_ids, segments, n_re))
-
-    device = next(spellm.parameters()).device
-    table, spellable = spelling.table.to(device), spelling.spellable.to(device)
-    for start in range(0, len(prepared), batch_size):
-        batch = prepared[start:start + batch_size]
-        inputs = [ctx + seg[:-1] for _, ctx, seg, _ in batch]
+def _continuation_hidden(causal_lm, pairs: list[tuple[list[int], list[int]]], batch_size: int):
+    """Teacher-forced hidden states that predict each target: yields (index, [len(targets), d])."""
+    device = next(causal_lm.parameters()).device
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start:start + batch_size]
+        inputs = [ctx + targets[:-1] for ctx, targets in batch]
         width = max(map(len, inputs))
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         mask = torch.zeros(len(batch), width, dtype=torch.long)
         for row, seq in enumerate(inputs):  # right padding: real positions keep their index
             ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
-        hidden, _ = spellm.backbone(ids.to(device), mask.to(device))
-        for row, (index, ctx, segments, n_re) in enumerate(batch):
-            positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(segments), device=device)
-            log_probs = spellm.head_log_probs(hidden[row, positions])  # [n, k, S]
-            targets = table[torch.tensor(segments, device=device)]  # [n, k]
-            per_segment = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
-            if mode == "product":
-                greedy = bool((log_probs.argmax(-1) == targets).all())
-                logprob = per_segment.sum().item()
-            else:
-                vocab = vocab_scores(log_probs, table, spellable)
-                greedy = bool((table[vocab.argmax(-1)] == targets).all())  # same spelling, any id
-                logprob = (per_segment - torch.logsumexp(vocab, dim=-1)).sum().item()
-            results[index] = ScoreResult(logprob, greedy, len(segments), n_re)
+        hidden = run_backbone(causal_lm, ids.to(device), mask.to(device))[0]
+        for row, (ctx, targets) in enumerate(batch):
+            yield start + row, hidden[row, len(ctx) - 1: len(ctx) - 1 + len(targets)]
+
+
+@torch.inference_mode()
+def teacher_loglikelihoods(causal_lm, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8
+                           ) -> list[tuple[float, bool]]:
+    """(log p_T(continuation | context), is_greedy) per (context ids, continuation ids), as lm-eval's HFLM."""
+    results: list[tuple[float, bool]] = [None] * len(pairs)
+    for index, hidden in _continuation_hidden(causal_lm, pairs, batch_size):
+        log_probs = torch.log_softmax(teacher_head(causal_lm, hidden).float(), dim=-1)
+        targets = torch.tensor(pairs[index][1], device=log_probs.device)
+        logprob = log_probs.gather(-1, targets.unsqueeze(-1)).sum().item()
+        results[index] = (logprob, bool((log_probs.argmax(-1) == targets).all()))
     return results
+
+
+@torch.inference_mode()
+def score_token_requests(spellm: SpeLLM, pairs: list[tuple[list[int], list[int]]], mode: str = "product",
+                         batch_size: int = 8, raise_on_failure: bool = True) -> list[ScoreResult]:
+    """SpeLLM scores of continuation token ids after context ids (segmented as method.md says)."""
+    if mode not in MODES:
+        raise ValueError(f"score={mode} is unknown; use one of {MODES}.")
+    spelling = spellm.spelling
+    prepared, owners, n_resegmented = [], [], {}
+    results: list[ScoreResult | None] = [None] * len(pairs)
+    for index, (context_ids, continuation_ids) in enumerate(pairs):
+        try:
+            segments, n_resegmented[index] = segment(spelling, continuation_ids)
+        except SegmentationError as err:
+            if raise_on_failure:
+                raise
+            results[index] = ScoreResult(-math.inf, False, 0, 0, failure=str(err))
+            continue
+        prepared.append((context_ids, segments))
+        owners.append(index)
+
+    device = next(spellm.parameters()).device
+    table, spellable = spelling.table.to(device), spelling.spellable.to(device)
+    for position, hidden in _continuation_hidden(spellm.causal_lm, prepared, batch_size):
+        index, segments = owners[position], prepared[position][1]
+        log_probs = spellm.head_log_probs(hidden)  # [n, k, S]
+        targets = table[torch.tensor(segments, device=device)]  # [n, k]
+        per_segment = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
+        if mode == "product":
+            greedy = bool((log_probs.argmax(-1) == targets).all())
+            logprob = per_segment.sum().item()
+        else:
+            vocab = vocab_scores(log_probs, table, spellable)
+            greedy = bool((table[vocab.argmax(-1)] == targets).all())  # same spelling, any id
+            logprob = (per_segment - torch.logsumexp(vocab, dim=-1)).sum().item()
+        results[index] = ScoreResult(logprob, greedy, len(segments), n_resegmented[index])
+    return results
+
+
+def score_requests(spellm: SpeLLM, requests: list[tuple[str, str]], mode: str = "product",
+                   batch_size: int = 8, raise_on_failure: bool = True) -> list[ScoreResult]:
+    """SpeLLM scores of (context, continuation) strings, tokenized the way lm-eval tokenizes them."""
+    pairs = [encode_pair(spellm.tokenizer, context, continuation) for context, continuation in requests]
+    return score_token_requests(spellm, pairs, mode, batch_size, raise_on_failure)
