@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce-table1 reproduce clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -33,6 +33,7 @@ help:
 	@echo "make coverage    results/coverage.{md,csv}: spelling coverage by k and alphabet (a few minutes)"
 	@echo "make bench-distill  results/distill_throughput.{md,csv}: distillation vs teacher forward (~5 min)"
 	@echo "make distill     distil the quick-profile SmolLM2 SpeLLM (k=16) into $(QUICK_RUN) (~15 min)"
+	@echo "make reproduce-table1  results/table1.{md,csv}: teacher vs SpeLLM on the lm-eval tasks (quick: ~30 min)"
 	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile"
 
 setup: $(STAMP)
@@ -68,7 +69,10 @@ distill: $(QUICK_RUN)/summary.json
 $(QUICK_RUN)/summary.json: | setup
 	$(PY) -m spellm_exp.train experiment=smollm2_k16 profile=quick hydra.run.dir=$(QUICK_RUN)
 
-reproduce: teachers coverage distill
+reproduce-table1: setup
+	$(PY) -m spellm_exp.table1 profile=quick
+
+reproduce: teachers coverage distill reproduce-table1
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 
-def markdown_table(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
+def markdown_table(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
     def cell(value) -> str:
         if isinstance(value, float):
             return float_format.format(value)
