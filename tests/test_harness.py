@@ -65,3 +65,26 @@ def test_bad_arguments_fail_clearly(tmp_path):
         SpeLLMHarnessLM(checkpoint=str(tmp_path), variant="both")
     with pytest.raises(SpeLLMEvalError, match=r"variant=teacher with model=<name>"):
         SpeLLMHarnessLM()
+
+
+def test_harness_cli_accepts_model_spellm(tmp_path, tiny_teacher, cache_dir):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from spellm_exp.eval.tasks import write_task_yamls
+
+    SpeLLM.build(tiny_teacher("tiny_llama"), Alphabet.ascii_(), k=8).save(tmp_path / "ckpt")
+    tasks = write_task_yamls(tmp_path / "tasks", ["arc_easy"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "spellm_exp.lm_eval", "--model", "spellm",
+         "--model_args", f"checkpoint={tmp_path / 'ckpt'},cache_dir={cache_dir}", "--batch_size", "4",
+         "--tasks", "arc_easy", "--include_path", str(tasks), "--limit", "3",
+         "--output_path", str(tmp_path / "out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = list((tmp_path / "out").rglob("results_*.json"))
+    assert len(written) == 1
+    assert "acc,none" in json.loads(written[0].read_text())["results"]["arc_easy"]

@@ -65,3 +65,20 @@ def test_decode_loop_reproduces_generate_on_smollm2(fresh_cache):
                                        pad_token_id=teacher.tokenizer.pad_token_id)
     assert ours.token_ids == reference[:, enc.input_ids.shape[1]:].tolist()
     assert "Paris" in ours.texts[0]
+
+
+def test_harness_teacher_loglikelihood_equals_hflm_on_smollm2(fresh_cache):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from spellm_exp.eval.harness import SpeLLMHarnessLM
+
+    teacher = load_teacher(name="llama", cache_dir=fresh_cache)
+    requests = [(PROMPT, " Paris"), (PROMPT, " London"), ("Question: Is the sky blue?\nAnswer:", " yes"),
+                ("The opposite of hot is", " cold"), ("2 + 2 =", " 4")]
+    instances = [Instance(request_type="loglikelihood", doc={}, arguments=r, idx=i) for i, r in enumerate(requests)]
+    ours = SpeLLMHarnessLM(variant="teacher", teacher=teacher, batch_size=2).loglikelihood(instances)
+    peer = HFLM(pretrained=teacher.model, tokenizer=teacher.tokenizer, batch_size=2).loglikelihood(instances)
+    for (a, greedy_a), (b, greedy_b) in zip(ours, peer):
+        assert abs(a - b) < 1e-4 and greedy_a == greedy_b
+    assert ours[0][0] > ours[1][0]  # Paris beats London
