@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 import pandas as pd
 from hydra import compose, initialize_config_dir
@@ -40,9 +41,12 @@ def trained_run(experiment: str, train_profile: str, output_dir: str, cache_dir:
     if (run_dir / "summary.json").exists() and (run_dir / "spellm" / META_FILE).exists():
         log.info("reusing %s", run_dir)
         return run_dir
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"experiment={experiment}", f"profile={train_profile}",
-                                                      f"paths.cache_dir={cache_dir}"])
+    overrides = [f"experiment={experiment}", f"profile={train_profile}", f"paths.cache_dir={cache_dir}"]
+    if GlobalHydra.instance().is_initialized():  # inside this command's own Hydra app: same conf/
+        cfg = compose(config_name="train", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
     log.info("distilling %s (%s profile) into %s", experiment, train_profile, run_dir)
     distil(cfg, run_dir)
     return run_dir
