@@ -111,3 +111,26 @@ def test_bench_distill_writes_side_by_side_figures(tmp_path, cache_dir):
     ratio = frame.distill_tokens_per_s / frame.teacher_tokens_per_s
     assert ratio.tolist() == pytest.approx(frame.throughput_ratio.tolist())
     assert "Heads-only distillation throughput" in (tmp_path / "results" / "distill_throughput.md").read_text()
+
+
+def test_evaluate_writes_results_samples_and_metrics(tmp_path, cache_dir):
+    import pandas as pd
+
+    result = _run("spellm_exp.evaluate", "variant=teacher", "model=tiny_llama", "tasks=[arc_easy,lambada_openai]",
+                  "limit=3", f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert {("arc_easy", "acc_norm"), ("lambada_openai", "perplexity")} <= set(zip(metrics.task, metrics.metric))
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["spellm_exp"]["variant"] == "teacher" and "git_sha" in results["spellm_exp"]["provenance"]
+    assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["run_dir=/no/such/run"], "run_dir=/no/such/run does not exist"),
+    (["tasks=[arc_easy,mmlu_pro]"], "Unknown task(s) ['mmlu_pro']"),
+    (["variant=spellm"], "variant=spellm needs run_dir="),
+])
+def test_evaluate_bad_input_fails_with_the_fix(overrides, message, tmp_path):
+    result = _run("spellm_exp.evaluate", *overrides, cwd=tmp_path)
+    assert result.returncode != 0 and message in result.stderr
