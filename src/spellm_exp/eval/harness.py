@@ -9,6 +9,7 @@ segmentation of method.md, and generates with the shared decode loop.
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from spellm_exp.charset import TokenSpellings
 from spellm_exp.decoding import SpeLLMHead, TeacherHead, generate
-from spellm_exp.model import SpeLLM
+from spellm_exp.model import META_FILE, SpeLLM
 from spellm_exp.models import ModelConfig, Teacher, load_teacher
 from spellm_exp.scoring import MODES, encode_pair, score_token_requests, teacher_loglikelihoods
 
@@ -35,7 +36,9 @@ class SpeLLMHarnessLM(LM):
     def __init__(self, checkpoint: str | None = None, model: str | None = None, variant: str = "spellm",
                  batch_size: int | str = 8, score: str = "product", decode_mode: str = "free",
                  max_length: int = 2048, max_gen_toks: int = 256, cache_dir: str | None = None,
-                 spellm: SpeLLM | None = None, teacher: Teacher | None = None, **_ignored):
+                 spellm: SpeLLM | None = None, teacher: Teacher | None = None, **_harness_extras):
+        # _harness_extras: what the harness passes to every model (device, max_batch_size, ...): CPU/GPU
+        # placement follows the loaded model here
         super().__init__()
         if variant not in VARIANTS:
             raise SpeLLMEvalError(f"variant={variant} is unknown; use one of {VARIANTS}.")
@@ -110,10 +113,6 @@ class SpeLLMHarnessLM(LM):
 
 def _load(checkpoint: str | None, model: str | None, variant: str, cache_dir: str | None):
     """(SpeLLM or None, Teacher or None) from harness arguments."""
-    from pathlib import Path
-
-    from spellm_exp.model import META_FILE
-
     if checkpoint:
         folder = Path(checkpoint)
         if (folder / "spellm" / META_FILE).exists():  # a training run folder
