@@ -102,6 +102,7 @@ def bench_model(name: str, cfg: DictConfig) -> list[dict]:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench_distill")
 def main(cfg: DictConfig) -> None:
     torch.manual_seed(0)
+    started = provenance(OmegaConf.to_container(cfg, resolve=True))
     frame = pd.DataFrame([row for name in cfg.models for row in bench_model(name, cfg)])
     shown = frame.rename(columns={"sigma": "|Sigma|", "teacher_tokens_per_s": "teacher tok/s",
                                   "distill_tokens_per_s": "distill tok/s", "throughput_ratio": "distill / teacher",
@@ -118,7 +119,7 @@ def main(cfg: DictConfig) -> None:
     ]
     command = "python -m spellm_exp.bench_distill " + " ".join(sys.argv[1:])
     write_table(cfg.paths.results_dir, cfg.out_name, "Heads-only distillation throughput and memory", command.strip(),
-                frame, [("Results", shown)], notes, provenance(OmegaConf.to_container(cfg, resolve=True)))
+                frame, [("Results", shown)], notes, started)
 
 
 if __name__ == "__main__":

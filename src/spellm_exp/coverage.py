@@ -60,6 +60,7 @@ def main(cfg: DictConfig) -> None:
     for k in cfg.ks:
         for size in cfg.chars_sizes:
             check_charset("chars", size, k)
+    started = provenance(OmegaConf.to_container(cfg, resolve=True))
     frame = coverage_frame(cfg)
     corpus = ", ".join(cfg.corpus.sources)
     notes = [
@@ -75,7 +76,7 @@ def main(cfg: DictConfig) -> None:
     paths = write_table(cfg.paths.results_dir, cfg.out_name, "Spelling coverage by k and alphabet", command.strip(),
                         frame, [("Vocabulary coverage", _wide(frame, "vocab_coverage")),
                                 ("Corpus-token coverage", _wide(frame, "corpus_coverage"))],
-                        notes, provenance(OmegaConf.to_container(cfg, resolve=True)))
+                        notes, started)
     for path in paths:
         log.info("wrote %s", path)
 

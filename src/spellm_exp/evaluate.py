@@ -45,6 +45,7 @@ def flat_metrics(results: dict) -> pd.DataFrame:
 def evaluate_lm(lm: SpeLLMHarnessLM, tasks: list[str], out_dir: Path, num_fewshot: int = 0,
                 limit: int | None = None, config: dict | None = None) -> dict:
     """Run the harness on `tasks` and write results.json, samples.jsonl, metrics.csv into `out_dir`."""
+    started = provenance(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     task_manager = TaskManager(include_path=str(write_task_yamls(out_dir / "tasks", tasks)), include_defaults=False)
     results = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, num_fewshot=num_fewshot,
@@ -56,7 +57,7 @@ def evaluate_lm(lm: SpeLLMHarnessLM, tasks: list[str], out_dir: Path, num_fewsho
                 out.write(json.dumps({"task": task, "doc_id": doc["doc_id"],
                                       **{k: doc[k] for k in ("acc", "acc_norm") if k in doc}}) + "\n")
     results["spellm_exp"] = {"variant": lm.variant, "segmentation_failures": lm.failures,
-                             "provenance": provenance(config)}
+                             "provenance": started}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     flat_metrics(results).to_csv(out_dir / "metrics.csv", index=False)
     log.info("wrote %s", out_dir)

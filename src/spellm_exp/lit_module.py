@@ -19,6 +19,7 @@ from enum import Enum
 import torch
 from lightning.pytorch import LightningModule
 
+from spellm_exp.charset import PAD
 from spellm_exp.losses import Targets, chunked_head_marginals, distillation_loss, spelling_matrix
 from spellm_exp.model import SpeLLM, teacher_head
 
@@ -129,12 +130,17 @@ class DistillModule(LightningModule):
         metrics = {"kl": parts.kl, "dropped_mass": targets.dropped_mass.mean()}
         if parts.ce is not None:
             metrics["ce"] = parts.ce
-        agree_teacher = (predicted == targets.marginals.argmax(-1))[valid].float().mean(0)
+        teacher_top = targets.marginals.argmax(-1)  # [N, k]
+        agree_teacher = (predicted == teacher_top)[valid].float().mean(0)
+        # the same where the teacher's top symbol is a character: late heads agree on PAD trivially
+        on_chars = (teacher_top != PAD) & valid.unsqueeze(-1)
+        agree_chars = ((predicted == teacher_top) & on_chars).sum(0) / on_chars.sum(0).clamp(min=1)
         agree_truth = (predicted == truth)[has_truth].float().mean(0)
         entropy = -(log_p.exp() * log_p).sum(-1).mean(0)
         for i in range(self.spellm.k):
             metrics[f"head{i:02d}/kl"] = parts.kl_per_head[i]
             metrics[f"head{i:02d}/agree_teacher"] = agree_teacher[i]
+            metrics[f"head{i:02d}/agree_teacher_chars"] = agree_chars[i]
             metrics[f"head{i:02d}/agree_truth"] = agree_truth[i]
             metrics[f"head{i:02d}/entropy"] = entropy[i]
         metrics["agree_teacher"] = agree_teacher.mean()

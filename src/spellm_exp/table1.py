@@ -110,6 +110,7 @@ def table_rows(model: str, label: str, teacher_dir: Path, spellm_dir: Path, task
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="table1")
 def main(cfg: DictConfig) -> None:
+    started = provenance(OmegaConf.to_container(cfg, resolve=True))  # the code as it was when the run began
     profile_name = HydraConfig.get().runtime.choices["profile"]
     profile = cfg.profiles[profile_name]
     tasks = check_tasks(list(cfg.tasks))
@@ -149,8 +150,7 @@ def main(cfg: DictConfig) -> None:
     ]
     command = "python -m spellm_exp.table1 " + " ".join(sys.argv[1:])
     write_table(cfg.paths.results_dir, "table1", "Table 1: downstream quality, teacher vs SpeLLM", command.strip(),
-                pd.DataFrame(tidy), [("Accuracy (%)", pd.DataFrame(wide))], notes,
-                provenance(OmegaConf.to_container(cfg, resolve=True)))
+                pd.DataFrame(tidy), [("Accuracy (%)", pd.DataFrame(wide))], notes, started)
 
 
 def lm_eval_version() -> str:

@@ -83,7 +83,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Distil as `cfg` says, writing into `run_dir`; returns the summary."""
     check_train_config(cfg)
     ckpt_path = _resume_path(cfg, run_dir)
-    started = time.perf_counter()
+    started, started_provenance = time.perf_counter(), provenance(OmegaConf.to_container(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
 
     teacher = load_teacher(model_config(cfg))
@@ -119,7 +119,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
         "val": metrics,
         "spellm_checkpoint": str(run_dir / "spellm"),
-        "provenance": provenance(OmegaConf.to_container(cfg, resolve=True)),
+        "provenance": started_provenance,
     }
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
