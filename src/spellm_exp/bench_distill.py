@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from spellm_exp.charset import Alphabet, CharsetKind
+from spellm_exp.charset import build_alphabet
 from spellm_exp.config import CONFIG_PATH
 from spellm_exp.data.corpus import corpus_texts
 from spellm_exp.data.datamodule import pack_blocks
@@ -47,14 +47,6 @@ def peak_rise_mb(fn) -> float:
     return _memory_mb()["VmHWM"] - resting
 
 
-def _alphabet(kind: str) -> Alphabet:
-    if kind == CharsetKind.bytes:
-        return Alphabet.bytes_()
-    if kind == CharsetKind.ascii:
-        return Alphabet.ascii_()
-    raise ValueError("bench_distill uses charset bytes or ascii (no corpus counting needed).")
-
-
 def bench_model(name: str, cfg: DictConfig) -> list[dict]:
     teacher = load_teacher(name=name, cache_dir=cfg.paths.cache_dir)
     blocks = pack_blocks(teacher.tokenizer, corpus_texts(["boolq"], 400_000), cfg.block_size)
@@ -67,7 +59,7 @@ def bench_model(name: str, cfg: DictConfig) -> list[dict]:
 
     rows = []
     for k in cfg.ks:
-        spellm = SpeLLM.build(teacher, _alphabet(cfg.charset), k)
+        spellm = SpeLLM.build(teacher, build_alphabet(cfg.charset, 0), k)  # bytes or ascii: no corpus to count
         module = DistillModule(spellm, TrainConfig(), LossConfig(chunk_elements=cfg.chunk_elements))
         module.train()
         optimizer = torch.optim.AdamW(spellm.heads.parameters(), lr=1e-3)

@@ -221,16 +221,19 @@ def build_alphabet(kind: str, size: int, spellings: TokenSpellings | None = None
     return Alphabet.most_frequent(character_counts(spellings, token_counts), size)
 
 
-def spelled_symbols(spellings: TokenSpellings, alphabet: Alphabet) -> list[list[int] | None]:
-    """Each token's spelling as symbol ids of any length (end tokens: [EOS]); None if it does not spell."""
-    out: list[list[int] | None] = []
+def _spellings_in(spellings: TokenSpellings, alphabet: Alphabet):
+    """(units, symbol ids) per token id; end tokens: (None, [EOS]); (None, None) if it does not spell."""
     for token_id in range(len(spellings.pieces)):
         if token_id in spellings.end_ids:
-            out.append([EOS])
+            yield None, [EOS]
             continue
         units = spellings.units(token_id, alphabet.kind)
-        out.append(alphabet.symbols_of(units) if units else None)
-    return out
+        yield units, (alphabet.symbols_of(units) if units else None)
+
+
+def spelled_symbols(spellings: TokenSpellings, alphabet: Alphabet) -> list[list[int] | None]:
+    """Each token's spelling as symbol ids of any length (end tokens: [EOS]); None if it does not spell."""
+    return [symbols for _, symbols in _spellings_in(spellings, alphabet)]
 
 
 def spelled_lengths(spellings: TokenSpellings, alphabet: Alphabet) -> torch.Tensor:
@@ -255,17 +258,16 @@ class SpellingTable:
         check_charset(alphabet.kind.value, max(len(alphabet.units), MIN_CHARS), k)
         self.spellings, self.alphabet, self.k = spellings, alphabet, k
         vocab_size = len(spellings.pieces)
-        symbols = spelled_symbols(spellings, alphabet)
         table = torch.full((vocab_size, k), PAD, dtype=torch.long)
         lengths = torch.zeros(vocab_size, dtype=torch.long)
         self.string_to_id: dict[tuple[Unit, ...], int] = {}
-        for token_id, token_symbols in enumerate(symbols):
+        for token_id, (units, token_symbols) in enumerate(_spellings_in(spellings, alphabet)):
             if token_symbols is None or len(token_symbols) > k:
                 continue
             table[token_id, : len(token_symbols)] = torch.tensor(token_symbols)
             lengths[token_id] = len(token_symbols)
-            if token_id not in spellings.end_ids:  # duplicates: the lowest id is canonical
-                self.string_to_id.setdefault(spellings.units(token_id, alphabet.kind), token_id)
+            if units is not None:  # end tokens spell as EOS, not as a string; duplicates: lowest id wins
+                self.string_to_id.setdefault(units, token_id)
         self.table, self.lengths = table, lengths
         self.spellable = lengths > 0
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from spellm_exp.charset import EOS, PAD, CharsetKind, SegmentationError, TokenSpellings, units_to_bytes
-from spellm_exp.model import SpeLLM, teacher_head
+from spellm_exp.model import SpeLLM, run_backbone, teacher_head
 from spellm_exp.scoring import vocab_scores
 
 DECODE_MODES = ("teacher", "free", "vocab")
@@ -75,14 +75,13 @@ class SpeLLMHead:
         self.spellm, self.mode = spellm, mode
         self.spelling = spellm.spelling
         self.kind: CharsetKind = spellm.alphabet.kind
-        self.units = spellm.alphabet.units
         self.tokenizer = spellm.tokenizer
 
     def propose(self, hidden: torch.Tensor) -> list[Proposal]:
         logits = self.spellm.heads(hidden)  # [B, k, |Sigma|]
         if self.mode == "vocab":
-            table = self.spellm.spelling_table
-            scores = vocab_scores(torch.log_softmax(logits.float(), -1), table, self.spelling.spellable.to(table.device))
+            scores = vocab_scores(torch.log_softmax(logits.float(), -1), self.spellm.spelling_table,
+                                  self.spellm.spellable)
             return [self._token(i) for i in scores.argmax(-1).tolist()]
         logits[:, 0, PAD] = float("-inf")  # the first character may not be PAD
         return [self._string(symbols) for symbols in logits.argmax(-1).tolist()]
@@ -95,7 +94,7 @@ class SpeLLMHead:
         if symbols[0] == EOS:
             return Proposal(b"", (self.spelling.spellings.eos_id,), end=True)
         length = next((i for i, s in enumerate(symbols) if s in (PAD, EOS)), len(symbols))
-        units = tuple(self.units[s - 2] for s in symbols[:length])
+        units = tuple(self.spellm.alphabet.unit_of(s) for s in symbols[:length])
         text = units_to_bytes(units, self.kind)
         token_id = self.spelling.string_to_id.get(units)
         if token_id is not None:
@@ -124,8 +123,8 @@ def generate(causal_lm, tokenizer, prompts: list[str], head, max_new_tokens: int
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stats = DecodeStats(rows=n_rows, prompt_tokens=int(mask.sum()))
 
-    out = causal_lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    hidden, cache = out.last_hidden_state[:, -1], out.past_key_values
+    hidden, cache = run_backbone(causal_lm, ids, mask, positions, use_cache=True)
+    hidden = hidden[:, -1]
     texts = [bytearray() for _ in range(n_rows)]
     emitted_ids: list[list[int]] = [[] for _ in range(n_rows)]
     pending = [deque() for _ in range(n_rows)]
@@ -155,9 +154,8 @@ def generate(causal_lm, tokenizer, prompts: list[str], head, max_new_tokens: int
                                  for r in range(n_rows)], device=device).unsqueeze(1)
         mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)
         positions = positions[:, -1:] + 1
-        out = causal_lm.base_model(input_ids=next_ids, attention_mask=mask, position_ids=positions,
-                                   past_key_values=cache, use_cache=True)
-        hidden, cache = out.last_hidden_state[:, -1], out.past_key_values
+        hidden, cache = run_backbone(causal_lm, next_ids, mask, positions, cache, use_cache=True)
+        hidden = hidden[:, -1]
         stats.steps += 1
 
     decoded = [_cut_at_stop(bytes(t).decode("utf-8", errors="replace"), stop) for t in texts]

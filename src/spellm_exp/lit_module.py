@@ -21,7 +21,7 @@ from lightning.pytorch import LightningModule
 
 from spellm_exp.charset import PAD
 from spellm_exp.losses import Targets, chunked_head_marginals, distillation_loss, spelling_matrix
-from spellm_exp.model import SpeLLM, teacher_head
+from spellm_exp.model import SpeLLM, run_backbone, teacher_head
 
 
 class Trainable(str, Enum):
@@ -74,10 +74,16 @@ class DistillModule(LightningModule):
             self.peft_model = get_peft_model(spellm.causal_lm, lora)
         else:
             self.teacher_lm = copy.deepcopy(spellm.causal_lm).requires_grad_(False).eval()
-        self.register_buffer("table", spellm.spelling.table.clone(), persistent=False)
-        self.register_buffer("spellable", spellm.spelling.spellable.clone(), persistent=False)
         self.register_buffer("spelling_matrix", spelling_matrix(self.table, spellm.alphabet.size), persistent=False)
         self._batch_started = 0.0
+
+    @property
+    def table(self) -> torch.Tensor:
+        return self.spellm.spelling_table
+
+    @property
+    def spellable(self) -> torch.Tensor:
+        return self.spellm.spellable
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -99,7 +105,7 @@ class DistillModule(LightningModule):
                 teacher_hidden, _ = self.spellm.backbone(ids)
             return self.spellm.backbone(ids)[0], teacher_hidden, self.spellm.causal_lm
         with torch.no_grad():
-            teacher_hidden = self.teacher_lm.base_model(input_ids=ids).last_hidden_state
+            teacher_hidden = run_backbone(self.teacher_lm, ids)[0]
         return self.spellm.backbone(ids)[0], teacher_hidden, self.teacher_lm
 
     def loss_parts(self, ids: torch.Tensor):

@@ -44,15 +44,15 @@ class SpeLLM(nn.Module):
         self.heads = heads
         self.tokenizer, self.info, self.spelling = teacher.tokenizer, teacher.info, spelling
         self.teacher_config = teacher.config
+        # device copies of the table, for the loss, scoring and decoding (spelling.* stay on the CPU)
         self.register_buffer("spelling_table", spelling.table, persistent=False)
+        self.register_buffer("spellable", spelling.spellable, persistent=False)
 
     @classmethod
     def build(cls, teacher: Teacher, alphabet: Alphabet, k: int, init: HeadInit | str = HeadInit.unembedding_mean,
               seed: int = 0) -> SpeLLM:
-        spelling = SpellingTable(TokenSpellings.from_tokenizer(teacher.tokenizer), alphabet, k)
-        if spelling.vocab_size != teacher.info.vocab_size:
-            # the tokenizer may be shorter than a padded embedding matrix; never longer
-            spelling = _pad_table(spelling, teacher.info.vocab_size)
+        spelling = _pad_table(SpellingTable(TokenSpellings.from_tokenizer(teacher.tokenizer), alphabet, k),
+                              teacher.info.vocab_size)
         unembedding = teacher.model.get_output_embeddings().weight
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -135,9 +135,8 @@ class SpeLLM(nn.Module):
         if cache_dir is not None:
             config.cache_dir = cache_dir
         teacher = load_teacher(config)
-        spelling = SpellingTable(TokenSpellings.from_tokenizer(teacher.tokenizer), saved_alphabet, meta["k"])
-        if spelling.vocab_size < teacher.info.vocab_size:
-            spelling = _pad_table(spelling, teacher.info.vocab_size)
+        spelling = _pad_table(SpellingTable(TokenSpellings.from_tokenizer(teacher.tokenizer), saved_alphabet,
+                                            meta["k"]), teacher.info.vocab_size)
         if spelling.fingerprint() != meta["spelling_fingerprint"]:
             raise CheckpointError(
                 f"The checkpoint's spelling table (k={meta['k']}, {_describe(saved_alphabet)}, "
@@ -171,8 +170,10 @@ def teacher_head(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _pad_table(spelling: SpellingTable, vocab_size: int) -> SpellingTable:
-    """Extend the table to a padded embedding size: the extra ids never spell."""
+    """Extend the table to the model's (possibly padded) embedding size: the extra ids never spell."""
     extra = vocab_size - spelling.vocab_size
+    if extra == 0:
+        return spelling
     if extra < 0:
         raise SpellingError(f"The tokenizer has {spelling.vocab_size:,} ids but the model only {vocab_size:,}.")
     spelling.table = torch.cat([spelling.table, torch.zeros(extra, spelling.k, dtype=torch.long)])

@@ -132,8 +132,8 @@ def score_token_requests(spellm: SpeLLM, pairs: list[tuple[list[int], list[int]]
         prepared.append((context_ids, segments))
         owners.append(index)
 
-    device = next(spellm.parameters()).device
-    table, spellable = spelling.table.to(device), spelling.spellable.to(device)
+    table, spellable = spellm.spelling_table, spellm.spellable
+    device = table.device
     for position, hidden in _continuation_hidden(spellm.causal_lm, prepared, batch_size):
         index, segments = owners[position], prepared[position][1]
         log_probs = spellm.head_log_probs(hidden)  # [n, k, S]
