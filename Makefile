@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce-table1 reproduce clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce-table1 reproduce-ablation reproduce clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -34,6 +34,7 @@ help:
 	@echo "make bench-distill  results/distill_throughput.{md,csv}: distillation vs teacher forward (~5 min)"
 	@echo "make distill     distil the quick-profile SmolLM2 SpeLLM (k=16) into $(QUICK_RUN) (~15 min)"
 	@echo "make reproduce-table1  results/table1.{md,csv}: teacher vs SpeLLM on the lm-eval tasks (quick: ~30 min)"
+	@echo "make reproduce-ablation  results/quality_ablation.{md,csv}: where the SpeLLM loses accuracy (~2 h)"
 	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile"
 
 setup: $(STAMP)
@@ -71,6 +72,9 @@ $(QUICK_RUN)/summary.json: | setup
 
 reproduce-table1: setup
 	$(PY) -m spellm_exp.table1 profile=quick
+
+reproduce-ablation: setup
+	$(PY) -m spellm_exp.ablation
 
 reproduce: teachers coverage distill reproduce-table1
 

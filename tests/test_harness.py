@@ -8,6 +8,7 @@ from lm_eval.models.huggingface import HFLM
 from spellm_exp.charset import Alphabet, CharsetKind
 from spellm_exp.eval.harness import SpeLLMEvalError, SpeLLMHarnessLM
 from spellm_exp.model import SpeLLM
+from spellm_exp.scoring import score_requests
 
 REQUESTS = [("The capital of France is", " Paris"), ("Question: is water wet?\nAnswer:", " yes"),
             ("A B C", " D E F G"), ("Once upon a time ", "there was a king.")]
@@ -40,6 +41,16 @@ def test_spellm_loglikelihood_equals_spellm_score(tiny_teacher):
     for (logprob, greedy), request in zip(results, REQUESTS):
         expected = spellm.score(*request)
         assert logprob == pytest.approx(expected.logprob, abs=1e-4) and greedy == expected.is_greedy
+
+
+def test_teacher_marginals_variant_scores_with_the_teachers_marginals(tiny_teacher):
+    spellm = SpeLLM.build(tiny_teacher("tiny_llama"), Alphabet.ascii_(), k=8)
+    lm = SpeLLMHarnessLM(variant="teacher_marginals", spellm=spellm, batch_size=2)
+    results = lm.loglikelihood(_instances("loglikelihood", REQUESTS))
+    expected = score_requests(spellm, REQUESTS, source="teacher_marginals")
+    assert [r[0] for r in results] == pytest.approx([e.logprob for e in expected], abs=1e-4)
+    with pytest.raises(SpeLLMEvalError, match=r"only scores"):
+        lm.generate_until(_instances("generate_until", [("Hello", {"until": [], "max_gen_toks": 4})]))
 
 
 def test_uncoverable_continuations_are_counted(tiny_teacher):

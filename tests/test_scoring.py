@@ -101,3 +101,24 @@ def test_eos_is_scored_as_the_eos_symbol(spellm):
     assert spellm.spelling.table[eos].tolist() == [EOS, PAD, PAD, PAD]
     segments, _ = segment(spellm.spelling, [eos])
     assert segments == [eos]
+
+
+def test_teacher_marginal_source_equals_the_marginals_by_brute_force(spellm):
+    """source=teacher_marginals scores with q_i(c) = sum of p_T(v) over spellable v with S[v, i] = c."""
+    context, continuation = "The cat", " sat"
+    context_ids, (target,) = encode_pair(spellm.tokenizer, context, continuation)
+    with torch.no_grad():
+        hidden = spellm.causal_lm.base_model(torch.tensor([context_ids])).last_hidden_state[0, -1]
+        probs = torch.softmax(spellm.teacher_logits(hidden).double(), -1)
+    table, spellable = spellm.spelling.table, spellm.spelling.spellable
+    spell_mass = probs[spellable].sum()
+    expected = 0.0
+    for i, symbol in enumerate(table[target].tolist()):
+        same_symbol = spellable & (table[:, i] == symbol)
+        expected += math.log(probs[same_symbol].sum().item() / spell_mass.item())
+
+    result = score_requests(spellm, [(context, continuation)], source="teacher_marginals")[0]
+    assert result.logprob == pytest.approx(expected, abs=1e-4)
+    assert result.logprob != pytest.approx(spellm.score(context, continuation).logprob, abs=1e-2)
+    with pytest.raises(ValueError, match=r"source=oracle is unknown"):
+        score_requests(spellm, [(context, continuation)], source="oracle")

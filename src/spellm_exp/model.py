@@ -18,6 +18,7 @@ from torch import nn
 
 from spellm_exp.charset import Alphabet, SpellingError, SpellingTable, TokenSpellings
 from spellm_exp.heads import CharHeads, HeadInit
+from spellm_exp.losses import head_marginals, spelling_matrix
 from spellm_exp.models import ModelConfig, Teacher, load_teacher
 
 FORMAT_VERSION = 1
@@ -47,6 +48,7 @@ class SpeLLM(nn.Module):
         # device copies of the table, for the loss, scoring and decoding (spelling.* stay on the CPU)
         self.register_buffer("spelling_table", spelling.table, persistent=False)
         self.register_buffer("spellable", spelling.spellable, persistent=False)
+        self._marginal_matrix: torch.Tensor | None = None  # built on first use of teacher_marginal_log_probs
 
     @classmethod
     def build(cls, teacher: Teacher, alphabet: Alphabet, k: int, init: HeadInit | str = HeadInit.unembedding_mean,
@@ -80,6 +82,18 @@ class SpeLLM(nn.Module):
 
     def head_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.heads(hidden).float(), dim=-1)
+
+    def teacher_marginal_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log q_i: the teacher's own per-head marginals, i.e. what perfectly distilled heads would output.
+
+        Scoring with these instead of the heads measures the factorisation's ceiling, apart from
+        how well the heads learned it. [n, d] -> [n, k, |Sigma|].
+        """
+        if self._marginal_matrix is None:
+            self._marginal_matrix = spelling_matrix(self.spelling_table, self.alphabet.size)
+        targets = head_marginals(self.teacher_logits(hidden), self.spelling_table, self.spellable,
+                                 self.alphabet.size, matrix=self._marginal_matrix)
+        return targets.marginals.clamp(min=1e-30).log()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 return_teacher_logits: bool = False, **backbone_kwargs) -> SpeLLMOutput:

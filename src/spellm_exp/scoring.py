@@ -20,6 +20,9 @@ from spellm_exp.charset import SegmentationError, SpellingTable, bytes_to_units
 from spellm_exp.model import SpeLLM, run_backbone, teacher_head
 
 MODES = ("product", "vocab_normalized")
+# where the per-head log-probabilities come from: the trained heads, or the teacher's own marginals
+# (perfect heads: the ceiling of the factorisation, whatever the training)
+SOURCES = ("heads", "teacher_marginals")
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,14 @@ def teacher_loglikelihoods(causal_lm, pairs: list[tuple[list[int], list[int]]], 
 
 @torch.inference_mode()
 def score_token_requests(spellm: SpeLLM, pairs: list[tuple[list[int], list[int]]], mode: str = "product",
-                         batch_size: int = 8, raise_on_failure: bool = True) -> list[ScoreResult]:
+                         batch_size: int = 8, raise_on_failure: bool = True, source: str = "heads"
+                         ) -> list[ScoreResult]:
     """SpeLLM scores of continuation token ids after context ids (segmented as method.md says)."""
     if mode not in MODES:
         raise ValueError(f"score={mode} is unknown; use one of {MODES}.")
+    if source not in SOURCES:
+        raise ValueError(f"source={source} is unknown; use one of {SOURCES}.")
+    head_log_probs = spellm.head_log_probs if source == "heads" else spellm.teacher_marginal_log_probs
     spelling = spellm.spelling
     prepared, owners, n_resegmented = [], [], {}
     results: list[ScoreResult | None] = [None] * len(pairs)
@@ -136,7 +143,7 @@ def score_token_requests(spellm: SpeLLM, pairs: list[tuple[list[int], list[int]]
     device = table.device
     for position, hidden in _continuation_hidden(spellm.causal_lm, prepared, batch_size):
         index, segments = owners[position], prepared[position][1]
-        log_probs = spellm.head_log_probs(hidden)  # [n, k, S]
+        log_probs = head_log_probs(hidden)  # [n, k, S]
         targets = table[torch.tensor(segments, device=device)]  # [n, k]
         per_segment = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
         if mode == "product":
@@ -151,7 +158,7 @@ def score_token_requests(spellm: SpeLLM, pairs: list[tuple[list[int], list[int]]
 
 
 def score_requests(spellm: SpeLLM, requests: list[tuple[str, str]], mode: str = "product",
-                   batch_size: int = 8, raise_on_failure: bool = True) -> list[ScoreResult]:
+                   batch_size: int = 8, raise_on_failure: bool = True, source: str = "heads") -> list[ScoreResult]:
     """SpeLLM scores of (context, continuation) strings, tokenized the way lm-eval tokenizes them."""
     pairs = [encode_pair(spellm.tokenizer, context, continuation) for context, continuation in requests]
-    return score_token_requests(spellm, pairs, mode, batch_size, raise_on_failure)
+    return score_token_requests(spellm, pairs, mode, batch_size, raise_on_failure, source)

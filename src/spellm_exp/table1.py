@@ -35,13 +35,18 @@ log = logging.getLogger(__name__)
 CONF_DIR = str((Path(__file__).parent / CONFIG_PATH).resolve())
 
 
-def trained_run(experiment: str, train_profile: str, output_dir: str, cache_dir: str) -> Path:
-    """The run folder of `experiment` under `train_profile`, distilled now unless it already finished."""
-    run_dir = Path(output_dir) / "train" / f"{experiment}_{train_profile}"
+def trained_run(experiment: str, train_profile: str, output_dir: str, cache_dir: str,
+                extra_overrides: tuple[str, ...] = (), suffix: str = "") -> Path:
+    """The run folder of `experiment` under `train_profile` (plus `extra_overrides`, named by `suffix`),
+    distilled now unless it already finished."""
+    run_dir = Path(output_dir) / "train" / f"{experiment}_{train_profile}{suffix}"
     if (run_dir / "summary.json").exists() and (run_dir / "spellm" / META_FILE).exists():
         log.info("reusing %s", run_dir)
         return run_dir
-    overrides = [f"experiment={experiment}", f"profile={train_profile}", f"paths.cache_dir={cache_dir}"]
+    overrides = [f"experiment={experiment}", f"profile={train_profile}", f"paths.cache_dir={cache_dir}",
+                 *extra_overrides]
+    if (run_dir / "checkpoints" / "last.ckpt").exists():  # an interrupted run: go on from its last checkpoint
+        overrides.append("ckpt_path=last")
     if GlobalHydra.instance().is_initialized():  # inside this command's own Hydra app: same conf/
         cfg = compose(config_name="train", overrides=overrides)
     else:
@@ -69,43 +74,56 @@ def paired_difference(teacher_dir: Path, spellm_dir: Path, task: str, metric: st
     return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"), n
 
 
-def table_rows(model: str, label: str, teacher_dir: Path, spellm_dir: Path, tasks: list[str]) -> tuple[list, list]:
-    wide, tidy = [], []
-    results = {v: json.loads((d / "results.json").read_text())["results"]
-               for v, d in (("teacher", teacher_dir), ("spellm", spellm_dir))}
-    for variant, name in (("teacher", "teacher"), ("spellm", label)):
-        row = {"model": model, "variant": name}
-        for task in tasks:
-            metrics = results[variant][task]
-            metric = primary_metric(task, metrics)
-            row[f"{task} ({metric})"] = 100 * metrics[f"{metric},none"]
-            tidy.append({"model": model, "variant": variant, "task": task, "metric": metric,
-                         "value": metrics[f"{metric},none"], "stderr": metrics.get(f"{metric}_stderr,none")})
-            if task == "lambada_openai":
-                row["lambada_openai (ppl)"] = metrics["perplexity,none"]
-                tidy.append({"model": model, "variant": variant, "task": task, "metric": "perplexity",
-                             "value": metrics["perplexity,none"], "stderr": metrics.get("perplexity_stderr,none")})
-        accuracies = [v for k, v in row.items() if k.endswith("acc)") or k.endswith("acc_norm)")]
-        row["average"] = sum(accuracies) / len(accuracies)
-        wide.append(row)
-    diff_row = {"model": model, "variant": "SpeLLM - teacher"}
-    means, errors = [], []
+def accuracy_row(model: str, name: str, variant: str, results: dict, tasks: list[str]) -> tuple[dict, list]:
+    """One table row (task scores in %, and their average) and its tidy records, from harness results."""
+    row, tidy = {"model": model, "variant": name}, []
     for task in tasks:
-        metric = primary_metric(task, results["teacher"][task])
-        mean, se, n = paired_difference(teacher_dir, spellm_dir, task, metric)
-        diff_row[f"{task} ({metric})"] = f"{100 * mean:+.1f} ± {100 * se:.1f}"
+        metrics = results[task]
+        metric = primary_metric(task, metrics)
+        row[f"{task} ({metric})"] = 100 * metrics[f"{metric},none"]
+        tidy.append({"model": model, "variant": variant, "task": task, "metric": metric,
+                     "value": metrics[f"{metric},none"], "stderr": metrics.get(f"{metric}_stderr,none")})
+        if task == "lambada_openai":
+            row["lambada_openai (ppl)"] = metrics["perplexity,none"]
+            tidy.append({"model": model, "variant": variant, "task": task, "metric": "perplexity",
+                         "value": metrics["perplexity,none"], "stderr": metrics.get("perplexity_stderr,none")})
+    accuracies = [v for k, v in row.items() if k.endswith("acc)") or k.endswith("acc_norm)")]
+    row["average"] = sum(accuracies) / len(accuracies)
+    return row, tidy
+
+
+def difference_row(model: str, name: str, variant: str, base_dir: Path, other_dir: Path, tasks: list[str],
+                   base_results: dict) -> tuple[dict, list]:
+    """other - base per task (paired per-document mean ± standard error) and on the average."""
+    row, tidy, means, errors = {"model": model, "variant": name}, [], [], []
+    for task in tasks:
+        metric = primary_metric(task, base_results[task])
+        mean, se, n = paired_difference(base_dir, other_dir, task, metric)
+        row[f"{task} ({metric})"] = f"{100 * mean:+.1f} ± {100 * se:.1f}"
         means.append(mean)
         errors.append(se)
-        tidy.append({"model": model, "variant": "spellm-teacher", "task": task, "metric": metric, "value": mean,
+        tidy.append({"model": model, "variant": variant, "task": task, "metric": metric, "value": mean,
                      "stderr": se, "n_docs": n})
     if "lambada_openai" in tasks:
-        diff_row["lambada_openai (ppl)"] = ""
+        row["lambada_openai (ppl)"] = ""
     avg, avg_se = sum(means) / len(means), math.sqrt(sum(e * e for e in errors)) / len(errors)
-    diff_row["average"] = f"{100 * avg:+.2f} ± {100 * avg_se:.2f}"
-    tidy.append({"model": model, "variant": "spellm-teacher", "task": "average", "metric": "accuracy",
+    row["average"] = f"{100 * avg:+.2f} ± {100 * avg_se:.2f}"
+    tidy.append({"model": model, "variant": variant, "task": "average", "metric": "accuracy",
                  "value": avg, "stderr": avg_se})
-    wide.append(diff_row)
-    return wide, tidy
+    return row, tidy
+
+
+def harness_results(eval_dir: Path) -> dict:
+    return json.loads((eval_dir / "results.json").read_text())["results"]
+
+
+def table_rows(model: str, label: str, teacher_dir: Path, spellm_dir: Path, tasks: list[str]) -> tuple[list, list]:
+    teacher_results = harness_results(teacher_dir)
+    teacher, teacher_tidy = accuracy_row(model, "teacher", "teacher", teacher_results, tasks)
+    spellm, spellm_tidy = accuracy_row(model, label, "spellm", harness_results(spellm_dir), tasks)
+    diff, diff_tidy = difference_row(model, "SpeLLM - teacher", "spellm-teacher", teacher_dir, spellm_dir, tasks,
+                                     teacher_results)
+    return [teacher, spellm, diff], teacher_tidy + spellm_tidy + diff_tidy
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="table1")

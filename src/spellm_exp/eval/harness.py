@@ -3,7 +3,9 @@
 A plain `lm_eval.api.model.LM` subclass (as BLT's wrapper does), because a SpeLLM's outputs are
 not the input vocabulary. `variant=teacher` scores through the teacher's own head exactly as
 lm-eval's HFLM does; `variant=spellm` scores through the k character heads with the output
-segmentation of method.md, and generates with the shared decode loop.
+segmentation of method.md, and generates with the shared decode loop. `variant=teacher_marginals`
+scores like `spellm` but with the teacher's own per-head marginals in place of the heads: perfect
+heads, so it measures what the factorisation itself costs (loglikelihood tasks only).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from spellm_exp.model import META_FILE, SpeLLM
 from spellm_exp.models import ModelConfig, Teacher, load_teacher
 from spellm_exp.scoring import MODES, encode_pair, score_token_requests, teacher_loglikelihoods
 
-VARIANTS = ("teacher", "spellm")
+VARIANTS = ("teacher", "spellm", "teacher_marginals")
 
 
 class SpeLLMEvalError(ValueError):
@@ -31,7 +33,7 @@ class SpeLLMEvalError(ValueError):
 
 @register_model("spellm")
 class SpeLLMHarnessLM(LM):
-    """`--model spellm --model_args checkpoint=<run or spellm folder>[,variant=teacher|spellm,...]`."""
+    """`--model spellm --model_args checkpoint=<run or spellm folder>[,variant=teacher|spellm|teacher_marginals,...]`."""
 
     def __init__(self, checkpoint: str | None = None, model: str | None = None, variant: str = "spellm",
                  batch_size: int | str = 8, score: str = "product", decode_mode: str = "free",
@@ -46,8 +48,8 @@ class SpeLLMHarnessLM(LM):
             raise SpeLLMEvalError(f"score={score} is unknown; use one of {MODES}.")
         if spellm is None and teacher is None:
             spellm, teacher = _load(checkpoint, model, variant, cache_dir)
-        if variant == "spellm" and spellm is None:
-            raise SpeLLMEvalError("variant=spellm needs a SpeLLM checkpoint: checkpoint=<folder>.")
+        if variant != "teacher" and spellm is None:
+            raise SpeLLMEvalError(f"variant={variant} needs a SpeLLM checkpoint: checkpoint=<folder>.")
         self.spellm, self.variant = spellm, variant
         self.causal_lm = spellm.causal_lm if spellm is not None else teacher.model
         self.tokenizer = spellm.tokenizer if spellm is not None else teacher.tokenizer
@@ -56,7 +58,7 @@ class SpeLLMHarnessLM(LM):
         self.max_length, self.max_gen_toks = int(max_length), int(max_gen_toks)
         self.failures = 0  # SpeLLM requests whose continuation no spellable tokens cover
         self._head = (TeacherHead(self.causal_lm, TokenSpellings.from_tokenizer(self.tokenizer))
-                      if variant == "teacher" else SpeLLMHead(spellm, decode_mode))
+                      if variant == "teacher" else SpeLLMHead(spellm, decode_mode) if variant == "spellm" else None)
 
     # --- loglikelihood ------------------------------------------------------------------------
     def _truncate(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
@@ -67,7 +69,9 @@ class SpeLLMHarnessLM(LM):
         pairs = [self._truncate(c, t) for c, t in pairs]
         if self.variant == "teacher":
             return teacher_loglikelihoods(self.causal_lm, pairs, self.batch_size)
-        results = score_token_requests(self.spellm, pairs, self.score_mode, self.batch_size, raise_on_failure=False)
+        source = "heads" if self.variant == "spellm" else "teacher_marginals"
+        results = score_token_requests(self.spellm, pairs, self.score_mode, self.batch_size, raise_on_failure=False,
+                                       source=source)
         self.failures += sum(r.failure is not None for r in results)
         return [(r.logprob, r.is_greedy) for r in results]
 
@@ -90,6 +94,8 @@ class SpeLLMHarnessLM(LM):
 
     # --- generation ---------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        if self._head is None:
+            raise SpeLLMEvalError(f"variant={self.variant} only scores; generation tasks need variant=spellm or teacher.")
         groups: dict[str, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
             groups[repr(sorted(request.args[1].items()))].append(index)
@@ -122,6 +128,6 @@ def _load(checkpoint: str | None, model: str | None, variant: str, cache_dir: st
                                   f"(no {META_FILE} in it or in its spellm/ subfolder).")
         spellm = SpeLLM.load(folder, cache_dir=cache_dir)
         return spellm, None
-    if variant == "spellm" or not model:
+    if variant != "teacher" or not model:
         raise SpeLLMEvalError("Give checkpoint=<run or spellm folder>, or variant=teacher with model=<name>.")
     return None, load_teacher(ModelConfig(name=model, cache_dir=cache_dir))

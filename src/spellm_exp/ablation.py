@@ -1,0 +1,124 @@
+"""python -m spellm_exp.ablation: where a SpeLLM loses downstream accuracy (issue 6's investigation).
+
+Scores, on the same documents and with the same harness code: the teacher; the product of the
+teacher's own per-head marginals (perfect heads, so what the factorisation alone costs); and one
+SpeLLM per training variant of `conf/ablation.yaml`. Writes results/quality_ablation.{md,csv}
+with each row's paired difference to the teacher and each SpeLLM's training metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from spellm_exp.config import CONFIG_PATH
+from spellm_exp.eval.harness import SpeLLMHarnessLM
+from spellm_exp.eval.tasks import check_tasks
+from spellm_exp.evaluate import evaluate_lm
+from spellm_exp.model import SpeLLM
+from spellm_exp.models import load_teacher
+from spellm_exp.provenance import provenance
+from spellm_exp.results import write_table
+from spellm_exp.table1 import accuracy_row, difference_row, harness_results, trained_run
+
+log = logging.getLogger(__name__)
+
+
+def training_metrics(run_dir: Path) -> dict:
+    """What the run's summary says about the distillation: steps, time, final validation metrics."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    val = summary["val"]
+    chars = [v for k, v in val.items() if k.endswith("/agree_teacher_chars")]
+    return {"trainable": summary["trainable"], "steps": summary["steps"],
+            "train minutes": round(summary["seconds"] / 60, 1), "val KL": val.get("val/kl"),
+            "agree teacher": val.get("val/agree_teacher"),
+            "agree teacher (chars)": sum(chars) / len(chars) if chars else None}
+
+
+def evaluated(lm: SpeLLMHarnessLM, out_dir: Path, cfg: DictConfig, tasks: list[str], config: dict) -> Path:
+    """`out_dir` with the harness's results for `tasks`, re-using a finished evaluation with the same settings."""
+    done = out_dir / "results.json"
+    settings = {"tasks": tasks, "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "score": cfg.score}
+    if done.exists() and json.loads(done.read_text())["spellm_exp"].get("settings") == settings:
+        log.info("reusing %s", out_dir)
+        return out_dir
+    evaluate_lm(lm, tasks, out_dir, cfg.num_fewshot, cfg.limit, {**config, "settings": settings})
+    results = json.loads(done.read_text())
+    results["spellm_exp"]["settings"] = settings
+    done.write_text(json.dumps(results, indent=2, default=str))
+    return out_dir
+
+
+def run(cfg: DictConfig, command: str) -> None:
+    started = provenance(OmegaConf.to_container(cfg, resolve=True))
+    tasks = check_tasks(list(cfg.tasks))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    common = dict(batch_size=cfg.batch_size, score=cfg.score)
+    run_dirs = {name: trained_run(cfg.experiment, cfg.train_profile, cfg.paths.output_dir, cfg.paths.cache_dir,
+                                  tuple(overrides), "" if name == "heads" and not overrides else f"_{name}")
+                for name, overrides in cfg.variants.items()}
+    first = next(iter(run_dirs.values()))
+    eval_root = lambda run_dir: run_dir / "eval" / "ablation"  # noqa: E731
+    spellm = SpeLLM.load(first / "spellm", cache_dir=cfg.paths.cache_dir)
+    teacher = load_teacher(spellm.teacher_config)
+    model = teacher.info.description
+    label = f"k={spellm.k}, {spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}"
+    perfect_heads = SpeLLM(teacher, spellm.spelling, spellm.heads)  # the untouched teacher's marginals
+    teacher_dir = evaluated(SpeLLMHarnessLM(variant="teacher", teacher=teacher, **common),
+                            eval_root(first) / "teacher", cfg, tasks, config)
+    rows = {"teacher": (teacher_dir, {}),
+            "teacher_marginals": (evaluated(SpeLLMHarnessLM(variant="teacher_marginals", spellm=perfect_heads,
+                                                            **common),
+                                            eval_root(first) / "teacher_marginals", cfg, tasks, config), {})}
+    del spellm, teacher, perfect_heads
+    for name, run_dir in run_dirs.items():
+        lm = SpeLLMHarnessLM(variant="spellm", spellm=SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir),
+                             **common)
+        rows[f"spellm {name}"] = (evaluated(lm, eval_root(run_dir) / "spellm", cfg, tasks, config),
+                                  training_metrics(run_dir))
+
+    teacher_results = harness_results(teacher_dir)
+    accuracy, differences, training, tidy = [], [], [], []
+    for name, (eval_dir, train_metrics) in rows.items():
+        row, records = accuracy_row(model, name, name, harness_results(eval_dir), tasks)
+        accuracy.append(row)
+        tidy += records
+        if name != "teacher":
+            diff, records = difference_row(model, name, f"{name} - teacher", teacher_dir, eval_dir, tasks,
+                                           teacher_results)
+            differences.append(diff)
+            tidy += records
+        if train_metrics:
+            training.append({"variant": name, "overrides": " ".join(cfg.variants[name.split(" ", 1)[1]]) or "-",
+                             **train_metrics})
+    notes = [
+        f"Teacher {model}; SpeLLMs from `experiment={cfg.experiment}` ({label}), `{cfg.train_profile}` training profile "
+        f"plus each variant's overrides; the first {cfg.limit} documents of each task, {cfg.num_fewshot}-shot, "
+        f"`score={cfg.score}`.",
+        "`teacher_marginals` scores with the product of the teacher's own per-head marginals q_i (perfect heads): "
+        "the gap from the teacher to it is what the factorisation costs; the gap from it to a SpeLLM is what "
+        "the heads (or adapters) failed to learn.",
+        "Differences: mean of the paired per-document differences to the teacher ± standard error.",
+        "Training metrics are the last validation of each run (`agree teacher (chars)`: top-1 agreement with "
+        "the teacher's marginals where its top symbol is a character, averaged over heads).",
+    ]
+    sections = [("Accuracy (%)", pd.DataFrame(accuracy)), ("Difference to the teacher (points)",
+                                                          pd.DataFrame(differences)),
+                ("Training", pd.DataFrame(training))]
+    write_table(cfg.paths.results_dir, "quality_ablation", "Quality ablation: where a SpeLLM loses accuracy",
+                command, pd.DataFrame(tidy), sections, notes, started)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="ablation")
+def main(cfg: DictConfig) -> None:
+    run(cfg, ("python -m spellm_exp.ablation " + " ".join(sys.argv[1:])).strip())
+
+
+if __name__ == "__main__":
+    main()
