@@ -32,6 +32,6 @@ def test_ablation_distils_scores_and_tabulates_each_variant(cache_dir, tmp_path)
 
     # a second run re-uses every finished run and evaluation
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")}
-    assert len(stamps) == 4  # teacher, teacher_marginals, two SpeLLMs
+    assert len(stamps) == 5  # teacher, teacher_marginals, two SpeLLMs, one other score
     run(cfg, "test")
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")} == stamps

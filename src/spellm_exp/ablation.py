@@ -44,7 +44,7 @@ def training_metrics(run_dir: Path) -> dict:
 def evaluated(lm: SpeLLMHarnessLM, out_dir: Path, cfg: DictConfig, tasks: list[str], config: dict) -> Path:
     """`out_dir` with the harness's results for `tasks`, re-using a finished evaluation with the same settings."""
     done = out_dir / "results.json"
-    settings = {"tasks": tasks, "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "score": cfg.score}
+    settings = {"tasks": tasks, "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "score": lm.score_mode}
     if done.exists() and json.loads(done.read_text())["spellm_exp"].get("settings") == settings:
         log.info("reusing %s", out_dir)
         return out_dir
@@ -82,6 +82,10 @@ def run(cfg: DictConfig, command: str) -> None:
                              **common)
         rows[f"spellm {name}"] = (evaluated(lm, eval_root(run_dir) / "spellm", cfg, tasks, config),
                                   training_metrics(run_dir))
+        for mode in cfg.other_scores if name == "heads" else ():  # the scoring options, on the same heads
+            lm.score_mode = mode
+            rows[f"spellm heads, score={mode}"] = (
+                evaluated(lm, eval_root(run_dir) / f"spellm-{mode}", cfg, tasks, config), {})
 
     teacher_results = harness_results(teacher_dir)
     accuracy, differences, training, tidy = [], [], [], []

@@ -25,26 +25,13 @@ from spellm_exp.config import CONFIG_PATH
 from spellm_exp.data.corpus import corpus_texts
 from spellm_exp.data.datamodule import pack_blocks
 from spellm_exp.lit_module import DistillModule, LossConfig, TrainConfig
+from spellm_exp.measure import peak_rise_mb
 from spellm_exp.model import SpeLLM
 from spellm_exp.models import load_teacher
 from spellm_exp.provenance import provenance
 from spellm_exp.results import write_table
 
 log = logging.getLogger(__name__)
-
-
-def _memory_mb() -> dict[str, float]:
-    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    return {key: int(status[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM")}
-
-
-def peak_rise_mb(fn) -> float:
-    """How far the peak RSS rises above the resting RSS while `fn` runs (Linux)."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # resets VmHWM to the current RSS
-    resting = _memory_mb()["VmRSS"]
-    fn()
-    return _memory_mb()["VmHWM"] - resting
 
 
 def bench_model(name: str, cfg: DictConfig) -> list[dict]:

@@ -10,7 +10,9 @@ are asked again. So both variants run exactly the same loop, and only the head d
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +41,11 @@ class DecodeStats:
     new_tokens: int = 0  # input ids those strings became
     new_chars: int = 0
     non_vocab_strings: int = 0
+    prefill_seconds: float = 0.0  # by the loop's clock (the bench passes one that syncs the device)
+    decode_seconds: float = 0.0  # every step after the prefill, output heads included
+    # per step: (seconds, whether the output head ran); a string of several ids feeds the ones after its
+    # first without asking the head, so only the steps with the head are whole decode steps
+    step_seconds: list[tuple[float, bool]] = field(default_factory=list)
 
     @property
     def non_vocab_share(self) -> float:
@@ -78,13 +85,21 @@ class SpeLLMHead:
         self.tokenizer = spellm.tokenizer
 
     def propose(self, hidden: torch.Tensor) -> list[Proposal]:
-        logits = self.spellm.heads(hidden)  # [B, k, |Sigma|]
         if self.mode == "vocab":
-            scores = vocab_scores(torch.log_softmax(logits.float(), -1), self.spellm.spelling_table,
-                                  self.spellm.spellable)
+            scores = vocab_scores(torch.log_softmax(self.spellm.heads(hidden).float(), -1),
+                                  self.spellm.spelling_table, self.spellm.spellable)
             return [self._token(i) for i in scores.argmax(-1).tolist()]
+        return self.strings(self.symbols(hidden))
+
+    def symbols(self, hidden: torch.Tensor) -> list[list[int]]:
+        """The device part of a `free` step: fused heads, k argmaxes, one copy to the host."""
+        logits = self.spellm.heads(hidden)  # [B, k, |Sigma|]
         logits[:, 0, PAD] = float("-inf")  # the first character may not be PAD
-        return [self._string(symbols) for symbols in logits.argmax(-1).tolist()]
+        return logits.argmax(-1).tolist()
+
+    def strings(self, symbols: list[list[int]]) -> list[Proposal]:
+        """The host part: each row's symbols -> its string and the input ids that carry it."""
+        return [self._string(row) for row in symbols]
 
     def _token(self, token_id: int) -> Proposal:
         end = token_id in self.spelling.spellings.end_ids
@@ -113,7 +128,8 @@ class SpeLLMHead:
 
 @torch.inference_mode()
 def generate(causal_lm, tokenizer, prompts: list[str], head, max_new_tokens: int = 32,
-             stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False) -> Generation:
+             stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False,
+             clock: Callable[[], float] = time.perf_counter) -> Generation:
     """Greedy decoding of `prompts` with `head`; `max_new_tokens` bounds the strings per row."""
     device = next(causal_lm.parameters()).device
     enc = tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
@@ -123,15 +139,19 @@ def generate(causal_lm, tokenizer, prompts: list[str], head, max_new_tokens: int
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stats = DecodeStats(rows=n_rows, prompt_tokens=int(mask.sum()))
 
+    started = clock()
     hidden, cache = run_backbone(causal_lm, ids, mask, positions, use_cache=True)
     hidden = hidden[:, -1]
+    prefilled = clock()
     texts = [bytearray() for _ in range(n_rows)]
     emitted_ids: list[list[int]] = [[] for _ in range(n_rows)]
     pending = [deque() for _ in range(n_rows)]
     n_strings, done = [0] * n_rows, [max_new_tokens <= 0] * n_rows
 
     while True:
-        proposals = head.propose(hidden) if any(not d and not p for d, p in zip(done, pending)) else None
+        step_started = clock()
+        asked = any(not d and not p for d, p in zip(done, pending))
+        proposals = head.propose(hidden) if asked else None
         for row in range(n_rows):
             if done[row] or pending[row]:
                 continue
@@ -157,6 +177,9 @@ def generate(causal_lm, tokenizer, prompts: list[str], head, max_new_tokens: int
         hidden, cache = run_backbone(causal_lm, next_ids, mask, positions, cache, use_cache=True)
         hidden = hidden[:, -1]
         stats.steps += 1
+        stats.step_seconds.append((clock() - step_started, asked))
+    finished = clock()
+    stats.prefill_seconds, stats.decode_seconds = prefilled - started, finished - prefilled
 
     decoded = [_cut_at_stop(bytes(t).decode("utf-8", errors="replace"), stop) for t in texts]
     stats.new_chars = sum(map(len, decoded))
