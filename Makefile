@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce-table1 reproduce-ablation reproduce clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce-table1 reproduce-table2 reproduce-ablation results-index reproduce clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -34,8 +34,9 @@ help:
 	@echo "make bench-distill  results/distill_throughput.{md,csv}: distillation vs teacher forward (~5 min)"
 	@echo "make distill     distil the quick-profile SmolLM2 SpeLLM (k=16) into $(QUICK_RUN) (~15 min)"
 	@echo "make reproduce-table1  results/table1.{md,csv}: teacher vs SpeLLM on the lm-eval tasks (quick: ~30 min)"
+	@echo "make reproduce-table2  results/table2.{md,csv,png}: decode-step runtime, teacher vs SpeLLM (quick: ~15 min)"
 	@echo "make reproduce-ablation  results/quality_ablation.{md,csv}: where the SpeLLM loses accuracy (~2 h)"
-	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile"
+	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile: Tables 1 and 2 and results/README.md (~60 min)"
 
 setup: $(STAMP)
 
@@ -73,10 +74,18 @@ $(QUICK_RUN)/summary.json: | setup
 reproduce-table1: setup
 	$(PY) -m spellm_exp.table1 profile=quick
 
+reproduce-table2: setup
+	$(PY) -m spellm_exp.table2 profile=quick
+
+results-index: setup
+	$(PY) -m spellm_exp.results_index results
+
 reproduce-ablation: setup
 	$(PY) -m spellm_exp.ablation
 
-reproduce: teachers coverage distill reproduce-table1
+# Table 2 times the distilled quick SpeLLM, so it runs after `distill`
+reproduce: teachers coverage distill reproduce-table1 reproduce-table2
+	$(PY) -m spellm_exp.results_index results
 
 clean-venv:
 	rm -rf $(VENV)

@@ -76,6 +76,18 @@ def test_free_mode_feeds_every_id_of_a_non_vocabulary_string(tiny_teacher):
     stats = result.stats
     assert stats.strings == 6 and stats.non_vocab_share == 1.0
     assert stats.steps == 2 * len(ids)  # the ids of the first two strings are fed; the last is not needed
+    # the head runs only where a string starts: the other steps feed the rest of a string's ids
+    assert [asked for _, asked in stats.step_seconds] == ([True] + [False] * (len(ids) - 1)) * 2
+
+
+def test_the_loop_times_prefill_and_each_step_with_the_given_clock(tiny_teacher):
+    spellm = SpeLLM.build(tiny_teacher("tiny_llama"), LETTERS, k=6)
+    _rig(spellm, _symbols(" the", 6))
+    ticks = iter(range(1000))
+    stats = decode(spellm, PROMPTS[:1], mode="free", max_new_tokens=3, clock=lambda: float(next(ticks))).stats
+    # clock calls: start 0, prefilled 1, then per step (start, end) = (2, 3), (4, 5); the last proposal 6; end 7
+    assert stats.prefill_seconds == 1.0 and stats.step_seconds == [(1.0, True), (1.0, True)]
+    assert stats.decode_seconds == 6.0
 
 
 def test_free_mode_uses_the_vocabulary_id_when_the_string_is_a_token(tiny_teacher):

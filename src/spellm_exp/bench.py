@@ -150,8 +150,8 @@ def build_spellm(cfg: DictConfig, device: torch.device) -> tuple[SpeLLM, str]:
 
 
 def _time_generate(spellm: SpeLLM, head, prompts: list[str], cfg: DictConfig, clock) -> dict:
-    generation = generate(spellm.causal_lm, spellm.tokenizer, prompts, head, max_new_tokens=cfg.decode_steps,
-                          ignore_eos=True, clock=clock)
+    generation = generate(spellm.causal_lm, spellm.tokenizer, prompts, head, max_new_tokens=cfg.decode_steps + 1,
+                          ignore_eos=True, max_steps=cfg.decode_steps, clock=clock)
     stats = generation.stats
     full_steps = [seconds for seconds, asked in stats.step_seconds if asked]
     return {"prefill_s": stats.prefill_seconds, "decode_s": stats.decode_seconds, "steps": stats.steps,
@@ -207,7 +207,8 @@ def bench_batch(spellm: SpeLLM, batch_size: int, cfg: DictConfig, device: torch.
     for name, head in heads.items():
         result[name]["peak_memory_mb"] = peak_rise_mb(
             lambda head=head: generate(spellm.causal_lm, spellm.tokenizer, prompts, head,
-                                       max_new_tokens=cfg.decode_steps, ignore_eos=True), device)
+                                       max_new_tokens=cfg.decode_steps + 1, ignore_eos=True,
+                                       max_steps=cfg.decode_steps), device)
     hidden = torch.randn(batch_size, spellm.info.hidden_size, device=device, dtype=spellm.heads.weight.dtype)
     layers = time_output_layers(heads["teacher"], heads["spellm"], hidden, cfg.layer_repeats, clock)
     layers["host_share_of_spellm_step"] = layers["spellm_host_ms"] / result["spellm"]["step_ms"]

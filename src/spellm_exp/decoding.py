@@ -128,9 +128,10 @@ class SpeLLMHead:
 
 @torch.inference_mode()
 def generate(causal_lm, tokenizer, prompts: list[str], head, max_new_tokens: int = 32,
-             stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False,
+             stop: tuple[str, ...] | list[str] = (), ignore_eos: bool = False, max_steps: int | None = None,
              clock: Callable[[], float] = time.perf_counter) -> Generation:
-    """Greedy decoding of `prompts` with `head`; `max_new_tokens` bounds the strings per row."""
+    """Greedy decoding of `prompts` with `head`; `max_new_tokens` bounds the strings per row and
+    `max_steps` the backbone steps after the prefill (the bench's fixed amount of work)."""
     device = next(causal_lm.parameters()).device
     enc = tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
@@ -168,7 +169,7 @@ def generate(causal_lm, tokenizer, prompts: list[str], head, max_new_tokens: int
             stats.non_vocab_strings += not proposal.in_vocab
             if n_strings[row] >= max_new_tokens or _hit_stop(texts[row], stop):
                 done[row] = True
-        if all(done):
+        if all(done) or (max_steps is not None and stats.steps >= max_steps):
             break
         next_ids = torch.tensor([pending[r].popleft() if pending[r] and not done[r] else pad_id
                                  for r in range(n_rows)], device=device).unsqueeze(1)

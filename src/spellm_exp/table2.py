@@ -140,6 +140,7 @@ def main(cfg: DictConfig) -> None:
     if not records:
         raise SystemExit(f"error: no bench records under {cfg.bench_dir}; run with run_bench=true first.")
     shown, tidy = table_frames(records)
+    Path(cfg.paths.results_dir).mkdir(parents=True, exist_ok=True)
     plot(tidy, Path(cfg.paths.results_dir) / "table2.png")
     averages = average_reductions(tidy)
     settings = {json.dumps(r.get("settings", {}), sort_keys=True) for r in records if "settings" in r}
