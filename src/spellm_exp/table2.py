@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 import pandas as pd
 from hydra import compose
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from spellm_exp.bench import BenchConfigError, resolve_device
@@ -105,10 +106,10 @@ def plot(tidy: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def bench_entries(cfg: DictConfig) -> None:
+def bench_entries(cfg: DictConfig, profile_name: str = "quick") -> None:
     """Run every entry's bench and keep its record under bench_dir/<device>/<entry>.json."""
     device = resolve_device(cfg.device)
-    profile = cfg.profiles[cfg.profile]
+    profile = cfg.profiles[profile_name]
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     for name, overrides in cfg.entries.items():
         overrides = [*overrides, f"device={device.type}", f"model.dtype={dtype}", f"paths.cache_dir={cfg.paths.cache_dir}",
@@ -133,7 +134,7 @@ def main(cfg: DictConfig) -> None:
     started = provenance(OmegaConf.to_container(cfg, resolve=True), device_for(cfg))
     if cfg.run_bench:
         try:
-            bench_entries(cfg)
+            bench_entries(cfg, HydraConfig.get().runtime.choices["profile"])
         except BenchConfigError as err:
             raise SystemExit(f"error: {err}") from None
     records = load_records(Path(cfg.bench_dir))
