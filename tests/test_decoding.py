@@ -112,3 +112,18 @@ def test_free_mode_stops_at_eos_and_never_starts_with_pad(tiny_teacher):
 def test_unknown_mode_is_rejected(tiny_teacher):
     with pytest.raises(ValueError, match=r"decode=beam is unknown"):
         decode(tiny_teacher("tiny_llama"), PROMPTS, mode="beam")
+
+
+def test_teacher_ids_past_the_tokenizer_are_fed_back_without_text(tiny_teacher):
+    from spellm_exp.decoding import TeacherHead
+
+    teacher = tiny_teacher("tiny_llama")
+    spellings = SpeLLM.build(teacher, LETTERS, k=4).spelling.spellings
+    head = TeacherHead(teacher.model, spellings)
+    vocab = teacher.model.get_output_embeddings().weight.shape[0]
+    past = len(spellings.pieces) - 1  # pretend the tokenizer ends here: its last id is now "past" it
+    head.spellings = type(spellings).__new__(type(spellings))
+    head.spellings.__dict__.update({**spellings.__dict__, "pieces": spellings.pieces[:past]})
+    hidden = teacher.model.get_output_embeddings().weight[past].detach().unsqueeze(0) * 100
+    (proposal,) = head.propose(hidden)
+    assert proposal.ids == (past,) and proposal.text == b"" and past < vocab

@@ -70,7 +70,11 @@ class TeacherHead:
 
     def propose(self, hidden: torch.Tensor) -> list[Proposal]:
         ids = teacher_head(self.causal_lm, hidden).argmax(-1).tolist()
-        return [Proposal(self.spellings.pieces[i] or b"", (i,), end=i in self.spellings.end_ids) for i in ids]
+        pieces = self.spellings.pieces
+        # ids past the tokenizer (a padded embedding, or a random-init model with a smaller stand-in
+        # tokenizer) carry no text but are still fed back
+        return [Proposal((pieces[i] if i < len(pieces) else None) or b"", (i,), end=i in self.spellings.end_ids)
+                for i in ids]
 
 
 class SpeLLMHead:
