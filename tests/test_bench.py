@@ -140,7 +140,10 @@ def test_table_builder_turns_records_into_rows():
     assert (first["model"], first["batch"], first["step ms teacher"], first["step ms SpeLLM"]) == ("LLAMA", 1, 10.0, 8.0)
     assert first["reduction %"] == pytest.approx(20.0) and first["string->ids % of step"] == pytest.approx(1.0)
     assert first["note"] == "distilled heads" and first["SpeLLM"] == "k=16 chars-64"
-    assert shown.iloc[4]["note"] == "skipped: needs 27.0 GB" and len(tidy) == 4
+    # per device: real teachers first, skipped records last
+    assert list(shown["model"]) == ["LLAMA", "GEMMA2", "QWEN", "mistral", "QWEN"]
+    assert shown.iloc[3]["note"] == "skipped: needs 27.0 GB" and shown.iloc[3]["step ms teacher"] == ""
+    assert len(tidy) == 4
     # the average is per device, over random-init rows only: never a ratio across devices
     assert average_reductions(tidy) == pytest.approx({"CPU": 40.0, "H100": 10.0})
 
@@ -156,7 +159,7 @@ def test_table2_from_kept_records_writes_markdown_csv_and_plot(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "results" / "table2.md").read_text()
-    assert "| LLAMA | pretrained | CPU | float32 | 1 | k=16 chars-64 | 10 | 8 | 0.8 | 0.79 | 20 |" in markdown
+    assert "| LLAMA | pretrained | CPU | float32 | 1 | k=16 chars-64 | 10 | 8 | 0.8 | 0.79 | 20 | 3 | 3 |" in markdown
     assert "CPU: 50.0%" in markdown  # the random-init average
     assert (tmp_path / "results" / "table2.png").stat().st_size > 1000
     assert len((tmp_path / "results" / "table2.csv").read_text().splitlines()) == 3

@@ -235,7 +235,8 @@ def run(cfg: DictConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     record = {"provenance": provenance(OmegaConf.to_container(cfg, resolve=True), device),
-              "model": cfg.model.name, "init": ORIGIN_RANDOM if Init(cfg.model.init) is Init.random else "pretrained", "dtype": cfg.model.dtype,
+              "model": cfg.model.name, "description": MODELS[cfg.model.name].description if cfg.model.name in MODELS
+              else cfg.model.path, "init": ORIGIN_RANDOM if Init(cfg.model.init) is Init.random else "pretrained", "dtype": cfg.model.dtype,
               "device": device.type, "threads": torch.get_num_threads()}
     reason = skip_reason(cfg, device)
     if reason is not None:

@@ -37,8 +37,9 @@ def device_slug(record: dict) -> str:
 def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(readable rows, tidy rows) from bench records: one row per record and batch size."""
     rows, tidy = [], []
-    for record in records:
-        base = {"model": record.get("teacher", {}).get("description", record["model"]), "init": record["init"],
+    for record in sorted(records, key=_order):
+        base = {"model": record.get("teacher", {}).get("description", record.get("description", record["model"])),
+                "init": record["init"],
                 "device": record["provenance"]["device"], "dtype": record["dtype"]}
         if "skipped" in record:
             rows.append({**base, "batch": "", "note": f"skipped: {record['skipped']}"})
@@ -50,6 +51,7 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                    "step ms teacher": teacher["step_ms"], "step ms SpeLLM": spellm["step_ms"],
                    "measured ratio": batch["step_ratio"], "bound": record["bound"]["ratio"],
                    "reduction %": 100 * (1 - batch["step_ratio"]),
+                   "chars/step teacher": teacher["chars_per_step"], "chars/step SpeLLM": spellm["chars_per_step"],
                    "chars/s teacher": teacher["chars_per_s"], "chars/s SpeLLM": spellm["chars_per_s"],
                    "string->ids % of step": 100 * layer["host_share_of_spellm_step"],
                    "note": "distilled heads" if record["spellm"]["heads"].startswith("distilled") else "heads at init"}
@@ -70,7 +72,14 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                          "host_share_of_spellm_step": layer["host_share_of_spellm_step"],
                          "heads": record["spellm"]["heads"], "git_sha": record["provenance"]["git_sha"],
                          "date": record["provenance"]["date"]})
-    return pd.DataFrame(rows), pd.DataFrame(tidy)
+    return pd.DataFrame(rows).astype(object).fillna(""), pd.DataFrame(tidy)
+
+
+def _order(record: dict) -> tuple:
+    """Per device: the real teachers first, then by size; skipped records last."""
+    teacher = record.get("teacher", {})
+    return (record["provenance"]["device"], "skipped" in record, record["init"] == "random init",
+            teacher.get("n_params", 0), record["model"])
 
 
 def average_reductions(tidy: pd.DataFrame) -> dict[str, float]:
@@ -147,17 +156,21 @@ def main(cfg: DictConfig) -> None:
     settings = {json.dumps(r.get("settings", {}), sort_keys=True) for r in records if "settings" in r}
     notes = [
         "Teacher and SpeLLM decode through the same loop (`decoding.generate`) on the same backbone object, prompts, "
-        "device, dtype and batch, interleaved after warm-up; greedy, EOS ignored, a fixed number of strings per row. "
+        "device, dtype and batch, interleaved after warm-up; greedy, EOS ignored, a fixed number of backbone steps. "
         "step ms: median time of a decode step that runs the output head (backbone step + head + host work).",
         "measured ratio = SpeLLM step / teacher step, both from the same run; bound = (P_nonembedding + k |Sigma| d) "
         "/ (P_nonembedding + |V| d), the weight-bytes bound of method.md; reduction % = 100 (1 - measured ratio).",
         "string->ids % of step: host time turning the heads' symbols into a string and input ids, over the SpeLLM step.",
+        "chars/step and chars/s: output characters per decode step and row, and per second over the batch. They depend "
+        "on what the heads emit: a string that is not one vocabulary token is fed back as several ids, one per step, "
+        "and quickly distilled or random heads emit shorter strings than the teacher's tokens.",
         "SmolLM2 and Gemma-3-270M are the real teachers (dequantised GGUF weights; SmolLM2 with its distilled quick "
         "SpeLLM when one exists). The other rows are real-size architectures with random weights and heads at init: "
         "they measure speed, not quality.",
         "Average reduction over the random-init architectures at batch 1, per device: "
         + ", ".join(f"{device}: {value:.1f}%" for device, value in averages.items()) + " (paper: 5.1%).",
-        f"Bench settings (prompt tokens, strings per row, warm-up, repeats): {sorted(settings)}.",
+        f"Bench settings: {sorted(settings)}; records written at git SHAs "
+        f"{sorted({r['provenance']['git_sha'][:12] for r in records})}.",
         "Per-record details (prefill, tokens/s, peak memory, output-layer times, provenance) are in "
         "`results/bench/<device>/*.json` and `table2.csv`.",
     ]
