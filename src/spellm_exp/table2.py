@@ -98,7 +98,8 @@ def plot(tidy: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     devices = sorted(tidy["device"].unique())
-    fig, axes = plt.subplots(len(devices), 1, figsize=(9, 3.2 * len(devices)), squeeze=False)
+    width = max(9.0, 1.5 * max((tidy["device"] == d).sum() for d in devices))
+    fig, axes = plt.subplots(len(devices), 1, figsize=(width, 3.8 * len(devices)), squeeze=False)
     for ax, device in zip(axes[:, 0], devices):
         rows = tidy[tidy["device"] == device].reset_index(drop=True)
         labels = [f"{m}\n{d}, b={b}" for m, d, b in zip(rows["model"], rows["dtype"], rows["batch"])]
@@ -106,10 +107,11 @@ def plot(tidy: pd.DataFrame, path: Path) -> None:
         ax.bar([i - 0.2 for i in x], rows["ratio"], width=0.4, label="measured")
         ax.bar([i + 0.2 for i in x], rows["bound"], width=0.4, label="weight-bytes bound")
         ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_xticks(list(x), labels, fontsize=7)
+        ax.set_xticks(list(x), labels, fontsize=7, rotation=20, ha="right")
+        ax.set_ylim(0, 1.25)
         ax.set_ylabel("SpeLLM / teacher step")
         ax.set_title(device, fontsize=9)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", ncols=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
