@@ -58,7 +58,7 @@ def test_teacher_and_spellm_go_through_the_same_loop(cache_dir, monkeypatch):
         return real_generate(causal_lm, tokenizer, prompts, head, **kwargs)
 
     monkeypatch.setattr(bench, "generate", spy)
-    result = bench.bench_batch(spellm, 2, cfg, device)
+    result = bench.bench_batch(spellm, bench.benchmark_prompts(spellm.tokenizer, 2, cfg.prompt_tokens), cfg, device)
     assert {kind for kind, _ in seen} == {TeacherHead, SpeLLMHead}
     assert all(lm is spellm.causal_lm for _, lm in seen)  # one backbone object for both
     assert result["step_ratio"] == pytest.approx(result["spellm"]["step_ms"] / result["teacher"]["step_ms"])

@@ -1,5 +1,7 @@
 """The one decode loop: teacher parity with transformers' generate, SpeLLM modes, stop strings."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -122,8 +124,7 @@ def test_teacher_ids_past_the_tokenizer_are_fed_back_without_text(tiny_teacher):
     head = TeacherHead(teacher.model, spellings)
     vocab = teacher.model.get_output_embeddings().weight.shape[0]
     past = len(spellings.pieces) - 1  # pretend the tokenizer ends here: its last id is now "past" it
-    head.spellings = type(spellings).__new__(type(spellings))
-    head.spellings.__dict__.update({**spellings.__dict__, "pieces": spellings.pieces[:past]})
+    head.spellings = dataclasses.replace(spellings, pieces=spellings.pieces[:past])
     hidden = teacher.model.get_output_embeddings().weight[past].detach().unsqueeze(0) * 100
     (proposal,) = head.propose(hidden)
     assert proposal.ids == (past,) and proposal.text == b"" and past < vocab

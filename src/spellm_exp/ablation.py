@@ -28,6 +28,7 @@ from spellm_exp.results import write_table
 from spellm_exp.table1 import accuracy_row, difference_row, harness_results, trained_run
 
 log = logging.getLogger(__name__)
+EVAL_DIR = Path("eval") / "ablation"  # inside each run folder
 
 
 def training_metrics(run_dir: Path) -> dict:
@@ -45,47 +46,44 @@ def evaluated(lm: SpeLLMHarnessLM, out_dir: Path, cfg: DictConfig, tasks: list[s
     """`out_dir` with the harness's results for `tasks`, re-using a finished evaluation with the same settings."""
     done = out_dir / "results.json"
     settings = {"tasks": tasks, "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "score": lm.score_mode}
-    if done.exists() and json.loads(done.read_text())["spellm_exp"].get("settings") == settings:
+    if done.exists() and json.loads(done.read_text())["spellm_exp"]["provenance"]["config"].get("settings") == settings:
         log.info("reusing %s", out_dir)
         return out_dir
     evaluate_lm(lm, tasks, out_dir, cfg.num_fewshot, cfg.limit, {**config, "settings": settings})
-    results = json.loads(done.read_text())
-    results["spellm_exp"]["settings"] = settings
-    done.write_text(json.dumps(results, indent=2, default=str))
     return out_dir
 
 
 def run(cfg: DictConfig, command: str) -> None:
-    started = provenance(OmegaConf.to_container(cfg, resolve=True))
-    tasks = check_tasks(list(cfg.tasks))
     config = OmegaConf.to_container(cfg, resolve=True)
+    started = provenance(config)
+    tasks = check_tasks(list(cfg.tasks))
     common = dict(batch_size=cfg.batch_size, score=cfg.score)
     run_dirs = {name: trained_run(cfg.experiment, cfg.train_profile, cfg.paths.output_dir, cfg.paths.cache_dir,
                                   tuple(overrides), "" if name == "heads" and not overrides else f"_{name}")
                 for name, overrides in cfg.variants.items()}
     first = next(iter(run_dirs.values()))
-    eval_root = lambda run_dir: run_dir / "eval" / "ablation"  # noqa: E731
     spellm = SpeLLM.load(first / "spellm", cache_dir=cfg.paths.cache_dir)
     teacher = load_teacher(spellm.teacher_config)
     model = teacher.info.description
     label = f"k={spellm.k}, {spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}"
     perfect_heads = SpeLLM(teacher, spellm.spelling, spellm.heads)  # the untouched teacher's marginals
     teacher_dir = evaluated(SpeLLMHarnessLM(variant="teacher", teacher=teacher, **common),
-                            eval_root(first) / "teacher", cfg, tasks, config)
-    rows = {"teacher": (teacher_dir, {}),
+                            first / EVAL_DIR / "teacher", cfg, tasks, config)
+    rows = {"teacher": (teacher_dir, {}),  # row name -> (evaluation folder, training metrics when it trained)
             "teacher_marginals": (evaluated(SpeLLMHarnessLM(variant="teacher_marginals", spellm=perfect_heads,
                                                             **common),
-                                            eval_root(first) / "teacher_marginals", cfg, tasks, config), {})}
+                                            first / EVAL_DIR / "teacher_marginals", cfg, tasks, config), {})}
     del spellm, teacher, perfect_heads
     for name, run_dir in run_dirs.items():
-        lm = SpeLLMHarnessLM(variant="spellm", spellm=SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir),
-                             **common)
-        rows[f"spellm {name}"] = (evaluated(lm, eval_root(run_dir) / "spellm", cfg, tasks, config),
-                                  training_metrics(run_dir))
+        spellm = SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir)
+        lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common)
+        overrides = {"overrides": " ".join(cfg.variants[name]) or "-"}
+        rows[f"spellm {name}"] = (evaluated(lm, run_dir / EVAL_DIR / "spellm", cfg, tasks, config),
+                                  {**overrides, **training_metrics(run_dir)})
         for mode in cfg.other_scores if name == "heads" else ():  # the scoring options, on the same heads
-            lm.score_mode = mode
+            lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, batch_size=cfg.batch_size, score=mode)
             rows[f"spellm heads, score={mode}"] = (
-                evaluated(lm, eval_root(run_dir) / f"spellm-{mode}", cfg, tasks, config), {})
+                evaluated(lm, run_dir / EVAL_DIR / f"spellm-{mode}", cfg, tasks, config), {})
 
     teacher_results = harness_results(teacher_dir)
     accuracy, differences, training, tidy = [], [], [], []
@@ -99,8 +97,7 @@ def run(cfg: DictConfig, command: str) -> None:
             differences.append(diff)
             tidy += records
         if train_metrics:
-            training.append({"variant": name, "overrides": " ".join(cfg.variants[name.split(" ", 1)[1]]) or "-",
-                             **train_metrics})
+            training.append({"variant": name, **train_metrics})
     notes = [
         f"Teacher {model}; SpeLLMs from `experiment={cfg.experiment}` ({label}), `{cfg.train_profile}` training profile "
         f"plus each variant's overrides; the first {cfg.limit} documents of each task, {cfg.num_fewshot}-shot, "

@@ -21,13 +21,14 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForCausalLM
 
 from spellm_exp.charset import SpellingError, TokenSpellings, build_alphabet, check_charset, token_counts
 from spellm_exp.config import CONFIG_PATH, model_config
 from spellm_exp.data.corpus import corpus_texts
 from spellm_exp.decoding import SpeLLMHead, TeacherHead, generate
 from spellm_exp.measure import available_memory_gb, device_clock, peak_rise_mb
-from spellm_exp.model import META_FILE, SpeLLM
+from spellm_exp.model import SpeLLM, checkpoint_folder
 from spellm_exp.models import (MODELS, ORIGIN_RANDOM, Init, ModelConfig, TeacherConfigError, check_model_config,
                                load_teacher)
 from spellm_exp.models.architectures import REAL_SIZE
@@ -91,18 +92,10 @@ def check_bench_config(cfg: DictConfig) -> torch.device:
             check_charset(cfg.charset.kind, cfg.charset.size, cfg.k)
     except (TeacherConfigError, SpellingError) as err:
         raise BenchConfigError(str(err)) from err
-    if cfg.checkpoint is not None and not _checkpoint_folder(cfg.checkpoint):
+    if cfg.checkpoint is not None and not checkpoint_folder(cfg.checkpoint):
         raise BenchConfigError(f"checkpoint={cfg.checkpoint} is not a SpeLLM checkpoint or training run folder; "
                                "leave checkpoint=null to time heads at init.")
     return device
-
-
-def _checkpoint_folder(path: str) -> Path | None:
-    folder = Path(path)
-    for candidate in (folder, folder / "spellm"):
-        if (candidate / META_FILE).exists():
-            return candidate
-    return None
 
 
 def weights_gb(model_cfg: ModelConfig) -> float | None:
@@ -111,8 +104,6 @@ def weights_gb(model_cfg: ModelConfig) -> float | None:
     if spec is None or spec.architecture is None or model_cfg.path:
         return None
     with torch.device("meta"):
-        from transformers import AutoModelForCausalLM
-
         model = AutoModelForCausalLM.from_config(REAL_SIZE[spec.architecture]())
     return sum(p.numel() for p in model.parameters()) * BYTES_PER_PARAM[model_cfg.dtype] / 2**30
 
@@ -134,7 +125,7 @@ def build_spellm(cfg: DictConfig, device: torch.device) -> tuple[SpeLLM, str]:
     """The SpeLLM to time, and where its heads come from."""
     dtype = getattr(torch, model_config(cfg).dtype)
     if cfg.checkpoint is not None:
-        folder = _checkpoint_folder(cfg.checkpoint)
+        folder = checkpoint_folder(cfg.checkpoint)
         spellm, source = SpeLLM.load(folder, teacher_config=model_config(cfg)), f"distilled checkpoint {folder}"
     else:
         teacher = load_teacher(model_config(cfg))
@@ -192,9 +183,10 @@ def time_output_layers(teacher_head: TeacherHead, spellm_head: SpeLLMHead, hidde
 
 
 @torch.inference_mode()
-def bench_batch(spellm: SpeLLM, batch_size: int, cfg: DictConfig, device: torch.device) -> dict:
+def bench_batch(spellm: SpeLLM, prompts: list[str], cfg: DictConfig, device: torch.device) -> dict:
+    """Teacher vs SpeLLM on one batch of prompts (its size is the batch size)."""
     clock = device_clock(device)
-    prompts = benchmark_prompts(spellm.tokenizer, batch_size, cfg.prompt_tokens)
+    batch_size = len(prompts)
     heads = {"teacher": TeacherHead(spellm.causal_lm, spellm.spelling.spellings),
              "spellm": SpeLLMHead(spellm, cfg.decode)}
     runs = {name: [] for name in heads}
@@ -256,8 +248,9 @@ def run(cfg: DictConfig) -> dict:
                      ("prompt_tokens", "decode_steps", "warmup", "repeats", "layer_repeats")},
         "batches": [],
     })
+    prompts = benchmark_prompts(spellm.tokenizer, max(int(b) for b in cfg.batch_sizes), cfg.prompt_tokens)
     for batch_size in cfg.batch_sizes:
-        result = bench_batch(spellm, int(batch_size), cfg, device)
+        result = bench_batch(spellm, prompts[: int(batch_size)], cfg, device)
         log.info("%s batch %d: step teacher %.2f ms, SpeLLM %.2f ms, ratio %.3f (bound %.3f)", cfg.model.name,
                  batch_size, result["teacher"]["step_ms"], result["spellm"]["step_ms"], result["step_ratio"],
                  bound.ratio)

@@ -169,6 +169,14 @@ class SpeLLM(nn.Module):
         return cls(teacher, spelling, heads)
 
 
+def checkpoint_folder(path: str | Path) -> Path | None:
+    """The SpeLLM checkpoint at `path`, or in the `spellm/` subfolder of a training run; None if neither."""
+    for candidate in (Path(path) / "spellm", Path(path)):
+        if (candidate / META_FILE).exists():
+            return candidate
+    return None
+
+
 def run_backbone(causal_lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
     """(final normed hidden states, KV cache) of a CausalLM's backbone: what both output layers read."""

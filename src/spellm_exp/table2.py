@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from spellm_exp.bench import BenchConfigError, resolve_device
 from spellm_exp.bench import run as run_bench
 from spellm_exp.config import CONFIG_PATH
+from spellm_exp.models import ORIGIN_RANDOM
 from spellm_exp.provenance import provenance
 from spellm_exp.results import write_table
 
@@ -78,7 +79,7 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _order(record: dict) -> tuple:
     """Per device: the real teachers first, then by size; skipped records last."""
     teacher = record.get("teacher", {})
-    return (record["provenance"]["device"], "skipped" in record, record["init"] == "random init",
+    return (record["provenance"]["device"], "skipped" in record, record["init"] == ORIGIN_RANDOM,
             teacher.get("n_params", 0), record["model"])
 
 
@@ -86,7 +87,7 @@ def average_reductions(tidy: pd.DataFrame) -> dict[str, float]:
     """Mean decode-step reduction (%) over the random-init architectures at batch 1, per device."""
     if tidy.empty:
         return {}
-    chosen = tidy[(tidy["init"] == "random init") & (tidy["batch"] == 1)]
+    chosen = tidy[(tidy["init"] == ORIGIN_RANDOM) & (tidy["batch"] == 1)]
     return {device: float(100 * (1 - group["ratio"]).mean()) for device, group in chosen.groupby("device")}
 
 

@@ -11,7 +11,6 @@ heads, so it measures what the factorisation itself costs (loglikelihood tasks o
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from spellm_exp.charset import TokenSpellings
 from spellm_exp.decoding import SpeLLMHead, TeacherHead, generate
-from spellm_exp.model import META_FILE, SpeLLM
+from spellm_exp.model import META_FILE, SpeLLM, checkpoint_folder
 from spellm_exp.models import ModelConfig, Teacher, load_teacher
 from spellm_exp.scoring import MODES, encode_pair, score_token_requests, teacher_loglikelihoods
 
@@ -120,10 +119,8 @@ class SpeLLMHarnessLM(LM):
 def _load(checkpoint: str | None, model: str | None, variant: str, cache_dir: str | None):
     """(SpeLLM or None, Teacher or None) from harness arguments."""
     if checkpoint:
-        folder = Path(checkpoint)
-        if (folder / "spellm" / META_FILE).exists():  # a training run folder
-            folder = folder / "spellm"
-        if not (folder / META_FILE).exists():
+        folder = checkpoint_folder(checkpoint)
+        if folder is None:
             raise SpeLLMEvalError(f"checkpoint={checkpoint} is not a SpeLLM checkpoint or a training run folder "
                                   f"(no {META_FILE} in it or in its spellm/ subfolder).")
         spellm = SpeLLM.load(folder, cache_dir=cache_dir)
