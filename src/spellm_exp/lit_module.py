@@ -2,7 +2,8 @@
 
 `train.trainable`:
 - `heads` (default): the backbone is frozen; one backbone pass (no grad) gives both the
-  teacher's logits and the heads' inputs, and no backward pass touches the backbone;
+  teacher's logits and the heads' inputs, and no backward pass touches the backbone; with a
+  `FeatureStore` (`train.cache_features`) that pass is read from disk after its first run;
 - `lora`: LoRA adapters on the backbone train with the heads; the teacher is the same model
   with the adapters switched off;
 - `full`: the whole backbone trains; a frozen copy of it is the teacher.
@@ -20,6 +21,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from spellm_exp.charset import PAD
+from spellm_exp.data.features import FeatureStore
 from spellm_exp.losses import Targets, chunked_head_marginals, distillation_loss, spelling_matrix
 from spellm_exp.model import SpeLLM, run_backbone, teacher_head
 
@@ -43,6 +45,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    cache_features: bool = False  # heads only: keep the frozen backbone's outputs on disk for later runs
 
 
 @dataclass
@@ -56,10 +59,13 @@ class LossConfig:
 
 
 class DistillModule(LightningModule):
-    def __init__(self, spellm: SpeLLM, train: TrainConfig, loss: LossConfig):
+    def __init__(self, spellm: SpeLLM, train: TrainConfig, loss: LossConfig, features: FeatureStore | None = None):
         super().__init__()
         self.spellm, self.train_cfg, self.loss_cfg = spellm, train, loss
         self.mode = Trainable(train.trainable)
+        if features is not None and self.mode is not Trainable.heads:
+            raise ValueError("A feature cache needs a frozen backbone: train.trainable=heads.")
+        self.features = features
         self.strict_loading = False  # checkpoints hold only what trains
         self.peft_model = None
         self.teacher_lm = None
@@ -94,11 +100,18 @@ class DistillModule(LightningModule):
         return self
 
     # --- the step -----------------------------------------------------------------------------
-    def _hidden_states(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module]:
+    def _frozen_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.spellm.backbone(ids)[0]
+
+    def _hidden_states(self, ids: torch.Tensor, index: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module]:
         """(student head inputs, teacher hidden states, teacher CausalLM) for a batch of ids."""
         if self.mode is Trainable.heads:
-            with torch.no_grad():
-                hidden, _ = self.spellm.backbone(ids)
+            if self.features is not None and index is not None:
+                hidden = self.features.get(index, ids, self._frozen_hidden)
+            else:
+                hidden = self._frozen_hidden(ids)
             return hidden, hidden, self.spellm.causal_lm
         if self.mode is Trainable.lora:
             with torch.no_grad(), self.peft_model.disable_adapter():
@@ -108,9 +121,10 @@ class DistillModule(LightningModule):
             teacher_hidden = run_backbone(self.teacher_lm, ids)[0]
         return self.spellm.backbone(ids)[0], teacher_hidden, self.teacher_lm
 
-    def loss_parts(self, ids: torch.Tensor):
-        """(loss parts, student logits [N, k, S], targets, next-token ids [N]) for a batch of ids."""
-        hidden, teacher_hidden, teacher_lm = self._hidden_states(ids)
+    def loss_parts(self, ids: torch.Tensor, index: torch.Tensor | None = None):
+        """(loss parts, student logits [N, k, S], targets, next-token ids [N]) for a batch of ids
+        (blocks `index` of the data, for the feature cache)."""
+        hidden, teacher_hidden, teacher_lm = self._hidden_states(ids, index)
         with torch.no_grad():
             targets = chunked_head_marginals(
                 teacher_hidden.flatten(0, 1), lambda h: teacher_head(teacher_lm, h), self.table, self.spellable,
@@ -122,9 +136,9 @@ class DistillModule(LightningModule):
                                   target_ids, self.table, self.spellable)
         return parts, student, targets, target_ids
 
-    def _step(self, ids: torch.Tensor, stage: str) -> torch.Tensor:
-        parts, student, targets, target_ids = self.loss_parts(ids)
-        self._log_metrics(stage, parts, student.detach(), targets, target_ids, ids.shape[0])
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        parts, student, targets, target_ids = self.loss_parts(batch["ids"], batch["index"])
+        self._log_metrics(stage, parts, student.detach(), targets, target_ids, batch["ids"].shape[0])
         return parts.total
 
     def _log_metrics(self, stage, parts, student, targets: Targets, target_ids, batch_size) -> None:
@@ -157,11 +171,11 @@ class DistillModule(LightningModule):
         self.log(f"{stage}/loss", parts.total, prog_bar=True, on_step=on_step, on_epoch=not on_step,
                  batch_size=batch_size, sync_dist=not on_step)
 
-    def training_step(self, ids: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self._step(ids, "train")
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
 
-    def validation_step(self, ids: torch.Tensor, batch_idx: int) -> None:
-        self._step(ids, "val")
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
 
     # --- throughput ---------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx) -> None:
@@ -169,7 +183,7 @@ class DistillModule(LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         seconds = time.perf_counter() - self._batch_started
-        self.log("train/tokens_per_s", batch.numel() / seconds, on_step=True, prog_bar=True)
+        self.log("train/tokens_per_s", batch["ids"].numel() / seconds, on_step=True, prog_bar=True)
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -126,7 +126,7 @@ class SpeLLM(nn.Module):
             "alphabet": self.alphabet.to_json(),
             "spelling_fingerprint": self.spelling.fingerprint(),
             "vocab_size": self.spelling.vocab_size,
-            "teacher": {"config": _config_dict(self.teacher_config), "info": self.info.as_dict()},
+            "teacher": {"config": model_config_dict(self.teacher_config), "info": self.info.as_dict()},
             "backbone": "lora" if peft_model is not None else "trained" if backbone_trained else "frozen",
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -204,7 +204,8 @@ def _pad_table(spelling: SpellingTable, vocab_size: int) -> SpellingTable:
     return spelling
 
 
-def _config_dict(config: ModelConfig) -> dict:
+def model_config_dict(config: ModelConfig) -> dict:
+    """A teacher config as plain JSON data."""
     data = asdict(config)
     data["init"] = getattr(data["init"], "value", data["init"])
     return data

@@ -20,8 +20,9 @@ from spellm_exp.charset import CharsetConfig, SpellingError, TokenSpellings, bui
 from spellm_exp.config import CONFIG_PATH, model_config
 from spellm_exp.data.datamodule import DataConfig, DistillDataModule, check_data_config
 from spellm_exp.heads import HeadInit
-from spellm_exp.lit_module import DistillModule, LossConfig, TrainConfig
-from spellm_exp.model import SpeLLM
+from spellm_exp.data.features import FeatureStore, feature_key
+from spellm_exp.lit_module import DistillModule, LossConfig, TrainConfig, Trainable
+from spellm_exp.model import SpeLLM, model_config_dict
 from spellm_exp.models import TeacherConfigError, check_model_config, load_teacher
 from spellm_exp.provenance import git_sha, provenance
 
@@ -53,6 +54,9 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError("loss.temperature must be > 0, loss.ce_weight >= 0 and loss.chunk_elements >= 1.")
     if train.lr <= 0:
         raise ConfigError(f"train.lr={train.lr} must be > 0.")
+    if train.cache_features and train.trainable is not Trainable.heads:
+        raise ConfigError(f"train.cache_features=true needs a frozen backbone (train.trainable=heads, not "
+                          f"{train.trainable.value}); drop one of the two overrides.")
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -98,7 +102,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     coverage = spellm.spelling.coverage(counts[: spellm.spelling.vocab_size])
     log.info("alphabet: %s, |Sigma|=%d, k=%d; coverage %s", alphabet.kind.value, alphabet.size, cfg.k, coverage)
 
-    module = DistillModule(spellm, _typed(TrainConfig, cfg.train), _typed(LossConfig, cfg.loss))
+    train_cfg: TrainConfig = _typed(TrainConfig, cfg.train)
+    features = feature_store(cfg, teacher, datamodule) if train_cfg.cache_features else None
+    module = DistillModule(spellm, train_cfg, _typed(LossConfig, cfg.loss), features)
     every = cfg.checkpoint.every_n_train_steps
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1,
                                  every_n_train_steps=every),
@@ -124,6 +130,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def feature_store(cfg: DictConfig, teacher, datamodule: DistillDataModule) -> FeatureStore:
+    """The teacher's cached backbone outputs for these blocks, shared by every run that uses them."""
+    teacher_config = {k: v for k, v in model_config_dict(teacher.config).items() if k != "cache_dir"}
+    key = {"teacher": teacher_config, "teacher_info": teacher.info.as_dict(),
+           "blocks": datamodule.blocks_key(), "val_blocks": datamodule.cfg.val_blocks}
+    folder = Path(cfg.paths.features_dir).expanduser() / feature_key(key)
+    return FeatureStore(folder, datamodule.n_blocks, datamodule.cfg.block_size, teacher.info.hidden_size, key)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

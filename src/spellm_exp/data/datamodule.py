@@ -95,12 +95,15 @@ class DistillDataModule(LightningDataModule):
         self.train_blocks: torch.Tensor | None = None
         self.val_blocks: torch.Tensor | None = None
 
+    def blocks_key(self) -> dict:
+        """Everything the packed blocks depend on."""
+        return {"tokenizer": _tokenizer_fingerprint(self.tokenizer), "sources": list(self.cfg.sources),
+                "max_chars_per_source": self.cfg.max_chars_per_source, "block_size": self.cfg.block_size}
+
     def _cache_path(self) -> Path | None:
         if not self.cfg.cache_dir:
             return None
-        key = {"tokenizer": _tokenizer_fingerprint(self.tokenizer), "sources": list(self.cfg.sources),
-               "max_chars_per_source": self.cfg.max_chars_per_source, "block_size": self.cfg.block_size}
-        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps(self.blocks_key()).encode()).hexdigest()[:16]
         return Path(self.cfg.cache_dir).expanduser() / "blocks" / f"{digest}.pt"
 
     def blocks(self) -> torch.Tensor:
@@ -141,13 +144,21 @@ class DistillDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = ResumableBatchSampler(len(self.train_blocks), self.cfg.batch_size, self.cfg.seed, self._batches_done)
-        return DataLoader(TensorDataset(self.train_blocks), batch_sampler=sampler,
-                          num_workers=self.cfg.num_workers, collate_fn=_collate)
+        dataset = TensorDataset(torch.arange(len(self.train_blocks)), self.train_blocks)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers, collate_fn=_collate)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(self.val_blocks), batch_size=self.cfg.batch_size, shuffle=False,
-                          num_workers=self.cfg.num_workers, collate_fn=_collate)
+        first = len(self.train_blocks)  # block indices count train then validation, as in blocks()
+        dataset = TensorDataset(torch.arange(first, first + len(self.val_blocks)), self.val_blocks)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False, num_workers=self.cfg.num_workers,
+                          collate_fn=_collate)
+
+    @property
+    def n_blocks(self) -> int:
+        self.setup()
+        return len(self.train_blocks) + len(self.val_blocks)
 
 
-def _collate(rows: list[tuple[torch.Tensor]]) -> torch.Tensor:
-    return torch.stack([row[0] for row in rows])
+def _collate(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A batch: the blocks' token ids [B, T] and their indices in blocks() [B] (the feature cache's rows)."""
+    return {"ids": torch.stack([row[1] for row in rows]), "index": torch.stack([row[0] for row in rows])}
