@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce-table1 reproduce-table2 reproduce-ablation results-index reproduce clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation results-index reproduce clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -35,6 +35,7 @@ help:
 	@echo "make distill     distil the quick-profile SmolLM2 SpeLLM (k=16) into $(QUICK_RUN) (~15 min)"
 	@echo "make reproduce-table1  results/table1.{md,csv}: teacher vs SpeLLM on the lm-eval tasks (quick: ~30 min)"
 	@echo "make reproduce-table2  results/table2.{md,csv,png}: decode-step runtime, teacher vs SpeLLM (quick: ~15 min)"
+	@echo "make reproduce-table3  results/table3.{md,csv} and plots: the sweep over k and character-set size (quick: ~80 min)"
 	@echo "make reproduce-ablation  results/quality_ablation.{md,csv}: where the SpeLLM loses accuracy (~2 h)"
 	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile: Tables 1 and 2 and results/README.md (~60 min)"
 
@@ -79,6 +80,13 @@ reproduce-table2: setup
 
 results-index: setup
 	$(PY) -m spellm_exp.results_index results
+
+# The k x alphabet sweep of SmolLM2 (25 jobs, each in outputs/sweeps/table3-quick/<its overrides>; finished
+# jobs are skipped on a re-run), then the table and plots from every job folder.
+reproduce-table3: setup
+	$(PY) -m spellm_exp.sweep -m experiment=table3
+	$(PY) -m spellm_exp.sweep -m experiment=table3 charset=bytes charset.size=256
+	$(PY) -m spellm_exp.table3
 
 reproduce-ablation: setup
 	$(PY) -m spellm_exp.ablation

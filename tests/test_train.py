@@ -157,9 +157,9 @@ def test_wandb_logger_writes_an_offline_run_without_credentials(cache_dir, tmp_p
     try:
         run(cfg, tmp_path)
     finally:
-        from spellm_exp.train import _finish_wandb
+        from spellm_exp.train import finish_wandb
 
-        _finish_wandb()
+        finish_wandb()
         monkeypatch.delenv("WANDB_MODE", raising=False)  # WandbLogger(offline=True) sets it process-wide
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1

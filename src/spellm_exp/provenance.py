@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -24,6 +26,18 @@ def git_sha(repo: Path | None = None) -> str:
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+@functools.cache
+def code_version() -> str:
+    """The code this process runs, fixed at first call: the commit SHA, plus a digest of the uncommitted
+    changes to tracked files when there are any (so two different dirty trees never look alike)."""
+    sha = git_sha()
+    if not sha.endswith("-dirty"):
+        return sha
+    cwd = Path(__file__).resolve().parent
+    diff = subprocess.run(["git", "diff", "HEAD"], cwd=cwd, capture_output=True, check=True).stdout
+    return f"{sha}-{hashlib.sha256(diff).hexdigest()[:12]}"
 
 
 def device_name(device: torch.device | str = "cpu") -> str:

@@ -149,12 +149,12 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
     finally:
-        _finish_wandb()
+        finish_wandb()
     log.info("val: %s", {k: round(v, 4) for k, v in summary["val"].items() if "/head" not in k})
     log.info("wrote %s", run_dir / "summary.json")
 
 
-def _finish_wandb() -> None:
+def finish_wandb() -> None:
     """Close a wandb run between multirun jobs, so each job is its own run."""
     if "wandb" in sys.modules:
         import wandb

@@ -1,0 +1,195 @@
+"""python -m spellm_exp.sweep -m experiment=table3 [k=...] [charset.size=...]: the jobs of a Table 3 sweep.
+
+Each job, in its own folder of the sweep (Hydra's multirun subfolder, named after its overrides):
+1. distils a SpeLLM as train.yaml says (`summary.json`, `spellm/`, `csv/`), resuming an interrupted run;
+2. scores it on `sweep.eval.tasks` with the harness (`eval/`); the teacher is scored once per sweep, in
+   `sweep.teacher_eval_dir`, by the same code;
+3. times its decode step against the teacher's in the same loop (`bench.json`, from spellm_exp.bench);
+4. writes `job.json`: the job's fingerprint (its config and the code), its headline metrics and status.
+
+A re-run skips a job whose `job.json` finished with the same fingerprint, goes on with an unfinished
+one stage by stage, and starts over where the config or the code changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from spellm_exp.bench import BenchConfigError
+from spellm_exp.bench import run as run_bench
+from spellm_exp.config import CONFIG_PATH
+from spellm_exp.eval.harness import SpeLLMHarnessLM
+from spellm_exp.eval.tasks import UnknownTaskError, check_tasks
+from spellm_exp.evaluate import evaluate_lm
+from spellm_exp.model import META_FILE, SpeLLM
+from spellm_exp.provenance import code_version, provenance
+from spellm_exp.table1 import harness_results, primary_metric
+from spellm_exp.train import ConfigError, check_train_config, finish_wandb
+from spellm_exp.train import run as distil
+
+log = logging.getLogger(__name__)
+
+JOB_FILE, BENCH_FILE, EVAL_FOLDER = "job.json", "bench.json", "eval"
+# what a job writes; removed when a job starts over
+JOB_OUTPUTS = ("summary.json", "spellm", "checkpoints", "csv", EVAL_FOLDER, BENCH_FILE, "wandb", JOB_FILE)
+# where things go or how they are logged is not what a job is
+_NOT_IDENTITY = ("paths", "logger", "ckpt_path")
+
+
+def job_fingerprint(cfg: DictConfig) -> dict:
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NOT_IDENTITY:
+        config.pop(key, None)
+    config.get("trainer", {}).pop("enable_progress_bar", None)
+    return {"config": config, "code": code_version()}
+
+
+def read_job(job_dir: Path) -> dict | None:
+    path = job_dir / JOB_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_job(job_dir: Path, record: dict) -> None:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    tmp = job_dir / f"{JOB_FILE}.partial"
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.rename(job_dir / JOB_FILE)
+
+
+def start_over(job_dir: Path) -> None:
+    for name in JOB_OUTPUTS:
+        path = job_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def distilled(cfg: DictConfig, job_dir: Path) -> dict:
+    """The job's training summary: read back, or trained now (resuming from its last checkpoint)."""
+    summary_path = job_dir / "summary.json"
+    if summary_path.exists() and (job_dir / "spellm" / META_FILE).exists():
+        return json.loads(summary_path.read_text())
+    if (job_dir / "checkpoints" / "last.ckpt").exists():
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.ckpt_path = "last"
+    return distil(cfg, job_dir)
+
+
+def _eval_settings(cfg: DictConfig) -> dict:
+    return {"model": OmegaConf.to_container(cfg.model, resolve=True) | {"cache_dir": None},
+            **OmegaConf.to_container(cfg.sweep.eval, resolve=True), "code": code_version()}
+
+
+def evaluated(lm: SpeLLMHarnessLM, out_dir: Path, cfg: DictConfig) -> dict:
+    """Harness results in `out_dir`: read back when they were written with the same settings and code."""
+    settings = _eval_settings(cfg)
+    if (out_dir / "results.json").exists():
+        stored = json.loads((out_dir / "results.json").read_text())
+        if stored["spellm_exp"]["provenance"]["config"] == settings:
+            return stored["results"]
+    tasks = check_tasks(list(cfg.sweep.eval.tasks))
+    return evaluate_lm(lm, tasks, out_dir, cfg.sweep.eval.num_fewshot, cfg.sweep.eval.limit, settings)["results"]
+
+
+def benched(cfg: DictConfig, job_dir: Path) -> dict:
+    path = job_dir / BENCH_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    settings = OmegaConf.to_container(cfg.sweep.bench, resolve=True)
+    overrides = [*(f"{key}={json.dumps(value)}" for key, value in settings.items()), f"checkpoint={json.dumps(str(job_dir))}",
+                 f"model={cfg.model.name}", f"paths.cache_dir={json.dumps(str(cfg.paths.cache_dir))}"]
+    record = run_bench(compose(config_name="bench", overrides=overrides))
+    path.write_text(json.dumps(record, indent=2, default=str))
+    return record
+
+
+def average_accuracy(results: dict, tasks: list[str]) -> float:
+    """Mean over tasks of the primary metric (acc_norm where reported, acc otherwise)."""
+    return sum(results[t][f"{primary_metric(t, results[t])},none"] for t in tasks) / len(tasks)
+
+
+def headline(summary: dict, teacher: dict, spellm: dict, bench: dict, tasks: list[str]) -> dict:
+    """The job's final numbers: the wandb summary and the quick look in job.json."""
+    batch = bench["batches"][0]
+    return {"vocab_coverage": summary["coverage"]["vocab_coverage"],
+            "corpus_coverage": summary["coverage"]["corpus_coverage"],
+            "val_kl": summary["val"]["val/kl"], "agree_teacher": summary["val"]["val/agree_teacher"],
+            "accuracy": average_accuracy(spellm, tasks), "teacher_accuracy": average_accuracy(teacher, tasks),
+            "step_ratio": batch["step_ratio"], "non_vocab_share": batch["spellm"]["non_vocab_share"]}
+
+
+def check_sweep_config(cfg: DictConfig) -> None:
+    check_train_config(cfg)
+    if cfg.train.trainable != "heads":
+        raise ConfigError(f"train.trainable={cfg.train.trainable}: a sweep job scores the frozen backbone as the "
+                          f"teacher, so it needs train.trainable=heads.")
+    try:
+        check_tasks(list(cfg.sweep.eval.tasks))
+    except UnknownTaskError as err:
+        raise ConfigError(str(err)) from err
+
+
+def run_job(cfg: DictConfig, job_dir: Path) -> dict:
+    """Run (or skip, or finish) one sweep job in `job_dir`; returns its job.json record."""
+    check_sweep_config(cfg)
+    fingerprint = job_fingerprint(cfg)
+    previous = read_job(job_dir)
+    if previous is not None and previous["fingerprint"] == fingerprint and previous["status"] == "done":
+        log.info("skipping %s: finished with the same config and code", job_dir)
+        return previous
+    if previous is not None and previous["fingerprint"] != fingerprint:
+        log.info("%s: config or code changed since its last run; starting over", job_dir)
+        start_over(job_dir)
+    started = provenance(fingerprint["config"])
+    _write_job(job_dir, {"status": "running", "fingerprint": fingerprint, "provenance": started})
+
+    summary = distilled(cfg, job_dir)
+    spellm = SpeLLM.load(job_dir / "spellm", cache_dir=cfg.paths.cache_dir)
+    common = dict(batch_size=cfg.sweep.eval.batch_size, score=cfg.sweep.eval.score)
+    teacher = evaluated(SpeLLMHarnessLM(variant="teacher", spellm=spellm, **common), Path(cfg.sweep.teacher_eval_dir),
+                        cfg)
+    scores = evaluated(SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common), job_dir / EVAL_FOLDER, cfg)
+    del spellm
+    bench = benched(cfg, job_dir)
+
+    metrics = headline(summary, teacher, scores, bench, list(cfg.sweep.eval.tasks))
+    record = {"status": "done", "fingerprint": fingerprint, "provenance": started, "metrics": metrics}
+    _write_job(job_dir, record)
+    _wandb_summary(metrics)
+    return record
+
+
+def _wandb_summary(metrics: dict) -> None:
+    """The job's final numbers as its wandb run's summary (for the table and parallel-coordinates views)."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.summary.update({f"final/{key}": value for key, value in metrics.items()})
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sweep")
+def main(cfg: DictConfig) -> None:
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        record = run_job(cfg, job_dir)
+    except (ConfigError, BenchConfigError) as err:
+        raise SystemExit(f"error: {err}") from None
+    finally:
+        finish_wandb()
+    log.info("%s: %s", job_dir.name, {k: round(v, 4) for k, v in record["metrics"].items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""python -m spellm_exp.table3 [sweep_dir=...]: Table 3 and its plots, from the folders of a sweep.
+
+Every job folder of the sweep (spellm_exp.sweep) holds the training `summary.json`, the harness's
+`eval/results.json` and the decode benchmark's `bench.json`; the teacher's scores are in the
+sweep's `teacher/` folder. They become one tidy frame (a row per job), `results/table3.{md,csv}`,
+a per-head agreement frame, and four plots. A job whose files are missing or broken is reported
+by name and left out; the others are aggregated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from spellm_exp.config import CONFIG_PATH
+from spellm_exp.provenance import provenance
+from spellm_exp.results import write_table
+from spellm_exp.sweep import BENCH_FILE, EVAL_FOLDER, JOB_FILE, average_accuracy
+from spellm_exp.table1 import harness_results, primary_metric
+
+log = logging.getLogger(__name__)
+
+TEACHER_FOLDER = "teacher"
+_HEAD_AGREEMENT = re.compile(r"val/head(\d+)/agree_teacher$")
+
+
+class JobError(ValueError):
+    """A job folder that cannot be aggregated; the message says which file and why."""
+
+
+def alphabet_label(kind: str, sigma: int) -> str:
+    return "bytes" if kind == "bytes" else f"{kind}-{sigma - 2}"  # |Sigma| = characters + PAD + EOS
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise JobError(f"{path.name} is missing") from None
+    except json.JSONDecodeError as err:
+        raise JobError(f"{path.relative_to(path.parents[1])} is not valid JSON ({err})") from None
+
+
+def job_rows(job_dir: Path, teacher: dict) -> tuple[dict, list[dict]]:
+    """(the job's table row, its per-head agreement rows)."""
+    summary = _read_json(job_dir / "summary.json")
+    scores = _read_json(job_dir / EVAL_FOLDER / "results.json")["results"]
+    bench = _read_json(job_dir / BENCH_FILE)
+    try:
+        tasks = sorted(scores)
+        batch = bench["batches"][0]
+        val = summary["val"]
+        accuracy, teacher_accuracy = average_accuracy(scores, tasks), average_accuracy(teacher, tasks)
+        row = {"job": job_dir.name, "teacher": summary["teacher"]["description"],
+               "teacher_origin": summary["teacher"]["origin"], "k": summary["k"],
+               "alphabet": alphabet_label(summary["alphabet"]["kind"], summary["alphabet"]["sigma"]),
+               "sigma": summary["alphabet"]["sigma"],
+               "vocab_coverage": summary["coverage"]["vocab_coverage"],
+               "corpus_coverage": summary["coverage"]["corpus_coverage"],
+               "val_kl": val["val/kl"], "agree_teacher": val["val/agree_teacher"],
+               "non_vocab_share": batch["spellm"]["non_vocab_share"],
+               "accuracy": accuracy, "teacher_accuracy": teacher_accuracy, "accuracy_diff": accuracy - teacher_accuracy,
+               "step_ratio": batch["step_ratio"], "bound": bench["bound"]["ratio"], "batch": batch["batch_size"],
+               **{f"acc {t}": scores[t][f"{primary_metric(t, scores[t])},none"] for t in tasks}}
+    except (KeyError, IndexError, TypeError, ZeroDivisionError) as err:
+        raise JobError(f"a file lacks an expected entry ({err!r})") from None
+    heads = [{"job": job_dir.name, "k": row["k"], "alphabet": row["alphabet"], "head": int(m.group(1)),
+              "agree_teacher": value}
+             for key, value in val.items() if (m := _HEAD_AGREEMENT.match(key))]
+    return row, heads
+
+
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """The sweep's job folders: every subfolder with a job.json or a training summary."""
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != TEACHER_FOLDER
+                  and ((p / JOB_FILE).exists() or (p / "summary.json").exists()))
+
+
+def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    """(a row per job, a row per job and head, {job: why it was left out})."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise JobError(f"{sweep_dir} does not exist; run the sweep first (make reproduce-table3).")
+    teacher = harness_results(sweep_dir / TEACHER_FOLDER)
+    rows, heads, broken = [], [], {}
+    for job_dir in job_folders(sweep_dir):
+        try:
+            row, head_rows = job_rows(job_dir, teacher)
+        except JobError as err:
+            broken[job_dir.name] = str(err)
+            log.warning("left out %s: %s", job_dir.name, err)
+            continue
+        rows.append(row)
+        heads += head_rows
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.sort_values(["sigma", "k"], kind="stable").reset_index(drop=True)
+    return frame, pd.DataFrame(heads), broken
+
+
+def shown_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The markdown view: percentages, one decimal, in the order of the issue's columns."""
+    return pd.DataFrame({
+        "k": frame["k"], "alphabet": frame["alphabet"], "|Sigma|": frame["sigma"],
+        "vocab cov. %": 100 * frame["vocab_coverage"], "corpus cov. %": 100 * frame["corpus_coverage"],
+        "val KL": frame["val_kl"], "head agree %": 100 * frame["agree_teacher"],
+        "non-vocab strings %": 100 * frame["non_vocab_share"], "acc %": 100 * frame["accuracy"],
+        "teacher acc %": 100 * frame["teacher_accuracy"], "acc - teacher": 100 * frame["accuracy_diff"],
+        "step ratio": frame["step_ratio"], "bound": frame["bound"]})
+
+
+def plot(frame: pd.DataFrame, heads: pd.DataFrame, results_dir: Path) -> list[Path]:
+    """accuracy vs k, step ratio vs k, per-head agreement vs head, and accuracy vs step ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphabets = list(dict.fromkeys(frame["alphabet"]))
+    paths = []
+
+    def by_alphabet(name: str, y: str, ylabel: str, reference: float | None = None) -> None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for alphabet in alphabets:
+            rows = frame[frame["alphabet"] == alphabet].sort_values("k")
+            ax.plot(rows["k"], rows[y], marker="o", label=alphabet)
+        if reference is not None:
+            ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="teacher")
+        ax.set_xlabel("k (heads)")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(results_dir / f"table3_{name}.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
+    by_alphabet("accuracy_vs_k", "accuracy", "average accuracy", float(frame["teacher_accuracy"].iloc[0]))
+    by_alphabet("step_ratio_vs_k", "step_ratio", "SpeLLM / teacher decode step", 1.0)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (alphabet, k), rows in heads.groupby(["alphabet", "k"], sort=False):
+        if k == heads["k"].max() or alphabet == alphabets[len(alphabets) // 2]:
+            ax.plot(rows["head"], rows["agree_teacher"], marker=".", label=f"{alphabet}, k={k}")
+    ax.set_xlabel("head i (character position)")
+    ax.set_ylabel("top-1 agreement with the teacher's marginal")
+    ax.legend(fontsize=7, ncols=2)
+    fig.tight_layout()
+    paths.append(results_dir / "table3_head_agreement.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for alphabet in alphabets:
+        rows = frame[frame["alphabet"] == alphabet]
+        ax.scatter(rows["step_ratio"], rows["accuracy"], label=alphabet)
+        for _, row in rows.iterrows():
+            ax.annotate(f"k={row['k']}", (row["step_ratio"], row["accuracy"]), fontsize=6,
+                        xytext=(3, 2), textcoords="offset points")
+    ax.axhline(float(frame["teacher_accuracy"].iloc[0]), color="grey", linestyle="--", linewidth=1, label="teacher")
+    ax.set_xlabel("SpeLLM / teacher decode step (lower is faster)")
+    ax.set_ylabel("average accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(results_dir / "table3_tradeoff.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def _short(code: str) -> str:
+    return code[:12] + ("-dirty" if "dirty" in code else "")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="table3")
+def main(cfg: DictConfig) -> None:
+    started = provenance(OmegaConf.to_container(cfg, resolve=True))
+    sweep_dir = Path(cfg.sweep_dir)
+    try:
+        frame, heads, broken = collect(sweep_dir)
+    except JobError as err:
+        raise SystemExit(f"error: {err}") from None
+    if frame.empty:
+        raise SystemExit(f"error: no job of {sweep_dir} could be aggregated: {broken}")
+    results_dir = Path(cfg.paths.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot(frame, heads, results_dir)
+    heads.to_csv(results_dir / "table3_heads.csv", index=False)
+    jobs = [_read_json(sweep_dir / job / JOB_FILE) for job in frame["job"] if (sweep_dir / job / JOB_FILE).exists()]
+    config = jobs[0]["fingerprint"]["config"] if jobs else {}
+    notes = [
+        f"Jobs from `{cfg.sweep_command}`, in `{sweep_dir}`; each job's folder keeps its config, logs and records.",
+        f"Teacher: {frame['teacher'].iloc[0]} ({frame['teacher_origin'].iloc[0]}); heads only, "
+        f"{config.get('trainer', {}).get('max_steps', '?')} steps of {config.get('data', {}).get('batch_size', '?')} x "
+        f"{config.get('data', {}).get('block_size', '?')} tokens, on backbone features cached by the first job.",
+        f"Accuracy: mean over {sorted(c.removeprefix('acc ') for c in frame.columns if c.startswith('acc '))} of "
+        f"acc_norm (acc where the harness reports no acc_norm), the first {config.get('sweep', {}).get('eval', {}).get('limit')} "
+        "documents of each, 0-shot; teacher scored once by the same harness code.",
+        "vocab/corpus cov.: share of vocabulary ids / training-corpus tokens the k heads can spell. head agree: top-1 "
+        "agreement of the heads with the teacher's per-head marginals on held-out blocks, mean over heads "
+        "(per head: `table3_heads.csv`, `table3_head_agreement.png`).",
+        "non-vocab strings: share of the strings the heads emitted in free decoding that are no vocabulary token. "
+        "step ratio: SpeLLM / teacher decode step, same loop, batch 1, timed side by side in each job; bound: the "
+        "weight-bytes bound of method.md.",
+        f"Job code versions: {sorted({_short(j['fingerprint']['code']) for j in jobs})}; "
+        f"devices: {sorted({j['provenance']['device'] for j in jobs})}.",
+        "Left out (broken or unfinished jobs): " + (", ".join(f"{k} ({v})" for k, v in broken.items()) or "none") + ".",
+        "Plots: " + ", ".join(f"`{p.name}`" for p in plots) + ".",
+    ]
+    command = ("python -m spellm_exp.table3 " + " ".join(sys.argv[1:])).strip()
+    write_table(results_dir, "table3", "Table 3: k and character-set size (SmolLM2)", command, frame,
+                [("Per (k, alphabet)", shown_table(frame))], notes, started)
+    log.info("wrote %s", results_dir / "table3.md")
+
+
+if __name__ == "__main__":
+    main()
