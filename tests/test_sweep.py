@@ -33,7 +33,9 @@ def _fixture_job(sweep_dir: Path, name: str, k: int, kind: str, sigma: int, arc:
     _write(job / "eval" / "results.json", {"results": {"arc_easy": {"acc,none": 0.0, "acc_norm,none": arc},
                                                        "piqa": {"acc,none": piqa}}})
     _write(job / "bench.json", {"bound": {"ratio": 0.8}, "batches": [
-        {"batch_size": 1, "step_ratio": ratio, "spellm": {"non_vocab_share": 0.125}}]})
+        {"batch_size": 1, "step_ratio": ratio, "output_layer": {"teacher_ms": 8.0, "spellm_ms": 0.5},
+         "teacher": {"runs": [{"step_s": 0.04}, {"step_s": 0.05}]},
+         "spellm": {"non_vocab_share": 0.125, "runs": [{"step_s": 0.04}, {"step_s": 0.03}]}}]})
 
 
 @pytest.fixture
@@ -49,13 +51,15 @@ def fixture_sweep(tmp_path):
 def test_aggregation_turns_job_folders_into_the_table(fixture_sweep):
     frame, heads, broken = collect(fixture_sweep)
     assert broken == {}
-    assert frame["job"].tolist() == ["charset.size=64,k=8", "charset=bytes,k=4"]  # by |Sigma|, then k
+    assert frame["job"].tolist() == ["charset.size=64,k=8", "charset=bytes,k=4"]  # by |Sigma|, alphabet, k
     first = frame.iloc[0]
     assert (first["k"], first["alphabet"], first["sigma"]) == (8, "chars-64", 66)
     assert first["accuracy"] == pytest.approx((0.25 + 0.5) / 2)  # acc_norm for ARC, acc for PIQA
     assert first["teacher_accuracy"] == pytest.approx((0.5 + 0.75) / 2)
     assert first["accuracy_diff"] == pytest.approx(0.375 - 0.625)
     assert (first["step_ratio"], first["bound"], first["non_vocab_share"]) == (0.75, 0.8, 0.125)
+    assert first["step_ratio_best"] == pytest.approx(0.03 / 0.04)  # each side's fastest run
+    assert (first["head_ms_teacher"], first["head_ms_spellm"]) == (8.0, 0.5)
     assert (first["val_kl"], first["agree_teacher"], first["vocab_coverage"]) == (0.25, 0.625, 0.5)
     assert frame.iloc[1]["accuracy"] == pytest.approx(0.5)
     assert heads[heads["job"] == "charset=bytes,k=4"].sort_values("head")["agree_teacher"].tolist() == [0.75, 0.5]
@@ -81,6 +85,7 @@ def test_a_missing_sweep_folder_names_the_fix(tmp_path):
 
 def test_alphabet_labels():
     assert alphabet_label("chars", 34) == "chars-32" and alphabet_label("bytes", 258) == "bytes"
+    assert alphabet_label("chars", 202, size_asked=256) == "chars-256"  # the corpus has fewer characters
 
 
 # --- one job in process: skip, resume, start over ------------------------------------------------

@@ -35,8 +35,9 @@ class JobError(ValueError):
     """A job folder that cannot be aggregated; the message says which file and why."""
 
 
-def alphabet_label(kind: str, sigma: int) -> str:
-    return "bytes" if kind == "bytes" else f"{kind}-{sigma - 2}"  # |Sigma| = characters + PAD + EOS
+def alphabet_label(kind: str, sigma: int, size_asked: int | None = None) -> str:
+    """`bytes`, or `chars-N` with N the charset.size asked for (else the characters used: |Sigma| - PAD - EOS)."""
+    return "bytes" if kind == "bytes" else f"{kind}-{size_asked or sigma - 2}"
 
 
 def _read_json(path: Path) -> dict:
@@ -48,9 +49,20 @@ def _read_json(path: Path) -> dict:
         raise JobError(f"{path.relative_to(path.parents[1])} is not valid JSON ({err})") from None
 
 
+def best_run_ratio(batch: dict) -> float:
+    """SpeLLM / teacher step from each side's fastest timed run: interference on a shared machine only
+    ever adds time, so the best run is the steadier estimate of what a step costs."""
+    def best(side: str) -> float:
+        return min(run["step_s"] for run in batch[side]["runs"])
+
+    return best("spellm") / best("teacher")
+
+
 def job_rows(job_dir: Path, teacher: dict) -> tuple[dict, list[dict]]:
     """(the job's table row, its per-head agreement rows)."""
     summary = _read_json(job_dir / "summary.json")
+    job = _read_json(job_dir / JOB_FILE) if (job_dir / JOB_FILE).exists() else {}
+    size_asked = job.get("fingerprint", {}).get("config", {}).get("charset", {}).get("size")
     scores = _read_json(job_dir / EVAL_FOLDER / "results.json")["results"]
     bench = _read_json(job_dir / BENCH_FILE)
     try:
@@ -60,14 +72,17 @@ def job_rows(job_dir: Path, teacher: dict) -> tuple[dict, list[dict]]:
         accuracy, teacher_accuracy = average_accuracy(scores, tasks), average_accuracy(teacher, tasks)
         row = {"job": job_dir.name, "teacher": summary["teacher"]["description"],
                "teacher_origin": summary["teacher"]["origin"], "k": summary["k"],
-               "alphabet": alphabet_label(summary["alphabet"]["kind"], summary["alphabet"]["sigma"]),
+               "alphabet": alphabet_label(summary["alphabet"]["kind"], summary["alphabet"]["sigma"], size_asked),
                "sigma": summary["alphabet"]["sigma"],
                "vocab_coverage": summary["coverage"]["vocab_coverage"],
                "corpus_coverage": summary["coverage"]["corpus_coverage"],
                "val_kl": val["val/kl"], "agree_teacher": val["val/agree_teacher"],
                "non_vocab_share": batch["spellm"]["non_vocab_share"],
                "accuracy": accuracy, "teacher_accuracy": teacher_accuracy, "accuracy_diff": accuracy - teacher_accuracy,
-               "step_ratio": batch["step_ratio"], "bound": bench["bound"]["ratio"], "batch": batch["batch_size"],
+               "step_ratio": batch["step_ratio"], "step_ratio_best": best_run_ratio(batch),
+               "head_ms_teacher": batch["output_layer"]["teacher_ms"],
+               "head_ms_spellm": batch["output_layer"]["spellm_ms"],
+               "bound": bench["bound"]["ratio"], "batch": batch["batch_size"],
                **{f"acc {t}": scores[t][f"{primary_metric(t, scores[t])},none"] for t in tasks}}
     except (KeyError, IndexError, TypeError, ZeroDivisionError) as err:
         raise JobError(f"a file lacks an expected entry ({err!r})") from None
@@ -101,7 +116,7 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str
         heads += head_rows
     frame = pd.DataFrame(rows)
     if not frame.empty:
-        frame = frame.sort_values(["sigma", "k"], kind="stable").reset_index(drop=True)
+        frame = frame.sort_values(["sigma", "alphabet", "k"]).reset_index(drop=True)
     return frame, pd.DataFrame(heads), broken
 
 
@@ -113,7 +128,9 @@ def shown_table(frame: pd.DataFrame) -> pd.DataFrame:
         "val KL": frame["val_kl"], "head agree %": 100 * frame["agree_teacher"],
         "non-vocab strings %": 100 * frame["non_vocab_share"], "acc %": 100 * frame["accuracy"],
         "teacher acc %": 100 * frame["teacher_accuracy"], "acc - teacher": 100 * frame["accuracy_diff"],
-        "step ratio": frame["step_ratio"], "bound": frame["bound"]})
+        "step ratio": frame["step_ratio"], "step ratio (best run)": frame["step_ratio_best"],
+        "bound": frame["bound"], "head ms teacher": frame["head_ms_teacher"],
+        "head ms SpeLLM": frame["head_ms_spellm"]})
 
 
 def plot(frame: pd.DataFrame, heads: pd.DataFrame, results_dir: Path) -> list[Path]:
@@ -142,7 +159,7 @@ def plot(frame: pd.DataFrame, heads: pd.DataFrame, results_dir: Path) -> list[Pa
         plt.close(fig)
 
     by_alphabet("accuracy_vs_k", "accuracy", "average accuracy", float(frame["teacher_accuracy"].iloc[0]))
-    by_alphabet("step_ratio_vs_k", "step_ratio", "SpeLLM / teacher decode step", 1.0)
+    by_alphabet("step_ratio_vs_k", "step_ratio_best", "SpeLLM / teacher decode step (best run)", 1.0)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for (alphabet, k), rows in heads.groupby(["alphabet", "k"], sort=False):
@@ -159,9 +176,9 @@ def plot(frame: pd.DataFrame, heads: pd.DataFrame, results_dir: Path) -> list[Pa
     fig, ax = plt.subplots(figsize=(6, 4))
     for alphabet in alphabets:
         rows = frame[frame["alphabet"] == alphabet]
-        ax.scatter(rows["step_ratio"], rows["accuracy"], label=alphabet)
+        ax.scatter(rows["step_ratio_best"], rows["accuracy"], label=alphabet)
         for _, row in rows.iterrows():
-            ax.annotate(f"k={row['k']}", (row["step_ratio"], row["accuracy"]), fontsize=6,
+            ax.annotate(f"k={row['k']}", (row["step_ratio_best"], row["accuracy"]), fontsize=6,
                         xytext=(3, 2), textcoords="offset points")
     ax.axhline(float(frame["teacher_accuracy"].iloc[0]), color="grey", linestyle="--", linewidth=1, label="teacher")
     ax.set_xlabel("SpeLLM / teacher decode step (lower is faster)")
@@ -202,12 +219,18 @@ def main(cfg: DictConfig) -> None:
         f"Accuracy: mean over {sorted(c.removeprefix('acc ') for c in frame.columns if c.startswith('acc '))} of "
         f"acc_norm (acc where the harness reports no acc_norm), the first {config.get('sweep', {}).get('eval', {}).get('limit')} "
         "documents of each, 0-shot; teacher scored once by the same harness code.",
+        "|Sigma| counts the characters used plus PAD and EOS; `chars-N` keeps the N most frequent characters of "
+        "the distillation text, or all of them when it has fewer (hence |Sigma| < N + 2).",
         "vocab/corpus cov.: share of vocabulary ids / training-corpus tokens the k heads can spell. head agree: top-1 "
         "agreement of the heads with the teacher's per-head marginals on held-out blocks, mean over heads "
         "(per head: `table3_heads.csv`, `table3_head_agreement.png`).",
         "non-vocab strings: share of the strings the heads emitted in free decoding that are no vocabulary token. "
-        "step ratio: SpeLLM / teacher decode step, same loop, batch 1, timed side by side in each job; bound: the "
-        "weight-bytes bound of method.md.",
+        "step ratio: SpeLLM / teacher decode step (median over the timed runs of each run's median step), same "
+        "loop, batch 1, interleaved in each job; best run: the same from each side's fastest run, steadier on a "
+        "shared machine (the plots use it); bound: the weight-bytes bound of method.md; head ms: the output layer "
+        "alone on the same hidden state (teacher: |V| logits + argmax; SpeLLM: k heads + argmaxes + string -> ids).",
+        f"Per-job timing settings: {config.get('sweep', {}).get('bench')}: a quick look per job; Table 2 times "
+        "fewer configurations more carefully.",
         f"Job code versions: {sorted({_short(j['fingerprint']['code']) for j in jobs})}; "
         f"devices: {sorted({j['provenance']['device'] for j in jobs})}.",
         "Left out (broken or unfinished jobs): " + (", ".join(f"{k} ({v})" for k, v in broken.items()) or "none") + ".",
