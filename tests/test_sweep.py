@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from spellm_exp import sweep
-from spellm_exp.table3 import JobError, alphabet_label, collect, shown_table
+from spellm_exp.table3 import JobError, alphabet_label, collect, plot, shown_table
 
 from .conftest import REPO_ROOT
 
@@ -29,7 +29,8 @@ def _fixture_job(sweep_dir: Path, name: str, k: int, kind: str, sigma: int, arc:
         "k": k, "alphabet": {"kind": kind, "sigma": sigma},
         "coverage": {"vocab_coverage": 0.5, "corpus_coverage": 0.75},
         "val": {"val/kl": 0.25, "val/agree_teacher": 0.625, "val/head00/agree_teacher": 0.75,
-                "val/head01/agree_teacher": 0.5, "val/head00/kl": 0.1}})
+                "val/head01/agree_teacher": 0.5, "val/head00/kl": 0.1, "val/agree_teacher_chars": 0.5,
+                "val/head00/agree_teacher_chars": 0.75, "val/head01/agree_teacher_chars": 0.25}})
     _write(job / "eval" / "results.json", {"results": {"arc_easy": {"acc,none": 0.0, "acc_norm,none": arc},
                                                        "piqa": {"acc,none": piqa}}})
     _write(job / "bench.json", {"bound": {"ratio": 0.8}, "batches": [
@@ -63,6 +64,8 @@ def test_aggregation_turns_job_folders_into_the_table(fixture_sweep):
     assert (first["val_kl"], first["agree_teacher"], first["vocab_coverage"]) == (0.25, 0.625, 0.5)
     assert frame.iloc[1]["accuracy"] == pytest.approx(0.5)
     assert heads[heads["job"] == "charset=bytes,k=4"].sort_values("head")["agree_teacher"].tolist() == [0.75, 0.5]
+    assert heads[heads["job"] == "charset=bytes,k=4"].sort_values("head")["agree_teacher_chars"].tolist() == [0.75, 0.25]
+    assert first["agree_teacher_chars"] == 0.5
     shown = shown_table(frame)
     assert shown.loc[0, "acc - teacher"] == pytest.approx(-25.0) and shown.loc[1, "alphabet"] == "bytes"
 
@@ -150,6 +153,11 @@ def test_a_tiny_multirun_runs_end_to_end_logs_to_wandb_offline_and_aggregates(ca
     frame, heads, broken = collect(sweep_dir)
     assert broken == {} and frame["k"].tolist() == [2, 3]
     assert sorted(heads.groupby("k")["head"].count().tolist()) == [2, 3]
+    assert heads["agree_teacher_chars"].notna().any()  # pooled per head by the current code
+    plots = plot(frame, heads, tmp_path)
+    assert [p.name for p in plots] == ["table3_accuracy_vs_k.png", "table3_step_ratio_vs_k.png",
+                                       "table3_head_agreement.png", "table3_tradeoff.png"]
+    assert all(p.stat().st_size > 10_000 for p in plots)
 
     # a re-run skips both jobs: nothing is trained, scored or timed again
     stamps = {job: (sweep_dir / job / "bench.json").stat().st_mtime_ns for job in jobs}
