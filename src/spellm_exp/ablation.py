@@ -9,7 +9,6 @@ with each row's paired difference to the teacher and each SpeLLM's training metr
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -20,14 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from spellm_exp.config import CONFIG_PATH
 from spellm_exp.eval.harness import SpeLLMHarnessLM
 from spellm_exp.eval.tasks import check_tasks
-from spellm_exp.evaluate import evaluate_lm
+from spellm_exp.evaluate import evaluate_or_reuse
 from spellm_exp.model import SpeLLM
 from spellm_exp.models import load_teacher
 from spellm_exp.provenance import provenance
 from spellm_exp.results import write_table
 from spellm_exp.table1 import accuracy_row, difference_row, harness_results, trained_run
 
-log = logging.getLogger(__name__)
 EVAL_DIR = Path("eval") / "ablation"  # inside each run folder
 
 
@@ -43,12 +41,8 @@ def training_metrics(run_dir: Path) -> dict:
 
 def evaluated(lm: SpeLLMHarnessLM, out_dir: Path, cfg: DictConfig, tasks: list[str], config: dict) -> Path:
     """`out_dir` with the harness's results for `tasks`, re-using a finished evaluation with the same settings."""
-    done = out_dir / "results.json"
     settings = {"tasks": tasks, "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "score": lm.score_mode}
-    if done.exists() and json.loads(done.read_text())["spellm_exp"]["provenance"]["config"].get("settings") == settings:
-        log.info("reusing %s", out_dir)
-        return out_dir
-    evaluate_lm(lm, tasks, out_dir, cfg.num_fewshot, cfg.limit, {**config, "settings": settings})
+    evaluate_or_reuse(lm, tasks, out_dir, cfg.num_fewshot, cfg.limit, settings, config)
     return out_dir
 
 

@@ -64,6 +64,19 @@ def evaluate_lm(lm: SpeLLMHarnessLM, tasks: list[str], out_dir: Path, num_fewsho
     return results
 
 
+def evaluate_or_reuse(lm: SpeLLMHarnessLM, tasks: list[str], out_dir: Path, num_fewshot: int, limit: int | None,
+                      settings: dict, config: dict | None = None) -> dict:
+    """The harness's results in `out_dir`: read back when they were written with the same `settings` (kept in
+    their provenance next to `config`), else evaluated now."""
+    done = out_dir / "results.json"
+    if done.exists():
+        stored = json.loads(done.read_text())
+        if stored["spellm_exp"]["provenance"]["config"].get("settings") == settings:
+            log.info("reusing %s", out_dir)
+            return stored["results"]
+    return evaluate_lm(lm, tasks, out_dir, num_fewshot, limit, {**(config or {}), "settings": settings})["results"]
+
+
 def build_lm(cfg: DictConfig) -> SpeLLMHarnessLM:
     common = dict(batch_size=cfg.batch_size, score=cfg.score, decode_mode=cfg.decode, cache_dir=cfg.paths.cache_dir)
     if cfg.run_dir:

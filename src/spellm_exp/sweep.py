@@ -5,7 +5,7 @@ Each job, in its own folder of the sweep (Hydra's multirun subfolder, named afte
 2. scores it on `sweep.eval.tasks` with the harness (`eval/`); the teacher is scored once per sweep, in
    `sweep.teacher_eval_dir`, by the same code;
 3. times its decode step against the teacher's in the same loop (`bench.json`, from spellm_exp.bench);
-4. writes `job.json`: the job's fingerprint (its config and the code), its headline metrics and status.
+4. writes `job.json`: the job's fingerprint (its config and the code), its metrics and status.
 
 A re-run skips a job whose `job.json` finished with the same fingerprint, goes on with an unfinished
 one stage by stage, and starts over where the config or the code changed.
@@ -29,10 +29,10 @@ from spellm_exp.bench import run as run_bench
 from spellm_exp.config import CONFIG_PATH
 from spellm_exp.eval.harness import SpeLLMHarnessLM
 from spellm_exp.eval.tasks import UnknownTaskError, check_tasks
-from spellm_exp.evaluate import evaluate_lm
+from spellm_exp.evaluate import evaluate_or_reuse
 from spellm_exp.model import META_FILE, SpeLLM
 from spellm_exp.provenance import code_version, provenance
-from spellm_exp.table1 import harness_results, primary_metric
+from spellm_exp.table1 import primary_metric
 from spellm_exp.train import ConfigError, check_train_config, finish_wandb
 from spellm_exp.train import run as distil
 
@@ -93,13 +93,9 @@ def _eval_settings(cfg: DictConfig) -> dict:
 
 def evaluated(lm: SpeLLMHarnessLM, out_dir: Path, cfg: DictConfig) -> dict:
     """Harness results in `out_dir`: read back when they were written with the same settings and code."""
-    settings = _eval_settings(cfg)
-    if (out_dir / "results.json").exists():
-        stored = json.loads((out_dir / "results.json").read_text())
-        if stored["spellm_exp"]["provenance"]["config"] == settings:
-            return stored["results"]
     tasks = check_tasks(list(cfg.sweep.eval.tasks))
-    return evaluate_lm(lm, tasks, out_dir, cfg.sweep.eval.num_fewshot, cfg.sweep.eval.limit, settings)["results"]
+    return evaluate_or_reuse(lm, tasks, out_dir, cfg.sweep.eval.num_fewshot, cfg.sweep.eval.limit,
+                             _eval_settings(cfg))
 
 
 def benched(cfg: DictConfig, job_dir: Path) -> dict:
@@ -119,14 +115,33 @@ def average_accuracy(results: dict, tasks: list[str]) -> float:
     return sum(results[t][f"{primary_metric(t, results[t])},none"] for t in tasks) / len(tasks)
 
 
-def headline(summary: dict, teacher: dict, spellm: dict, bench: dict, tasks: list[str]) -> dict:
-    """The job's final numbers: the wandb summary and the quick look in job.json."""
+def best_run_ratio(batch: dict) -> float:
+    """SpeLLM / teacher step from each side's fastest timed run: interference on a shared machine only
+    ever adds time, so the best run is the steadier estimate of what a step costs."""
+    def best(side: str) -> float:
+        return min(run["step_s"] for run in batch[side]["runs"])
+
+    return best("spellm") / best("teacher")
+
+
+def job_metrics(summary: dict, scores: dict, teacher: dict, bench: dict) -> dict:
+    """A job's numbers from its training summary, harness scores (and the teacher's, on the same tasks) and
+    bench record: job.json, the wandb summary and the job's Table 3 row."""
+    tasks = sorted(scores)
     batch = bench["batches"][0]
+    val = summary["val"]
+    accuracy, teacher_accuracy = average_accuracy(scores, tasks), average_accuracy(teacher, tasks)
     return {"vocab_coverage": summary["coverage"]["vocab_coverage"],
             "corpus_coverage": summary["coverage"]["corpus_coverage"],
-            "val_kl": summary["val"]["val/kl"], "agree_teacher": summary["val"]["val/agree_teacher"],
-            "accuracy": average_accuracy(spellm, tasks), "teacher_accuracy": average_accuracy(teacher, tasks),
-            "step_ratio": batch["step_ratio"], "non_vocab_share": batch["spellm"]["non_vocab_share"]}
+            "val_kl": val["val/kl"], "agree_teacher": val["val/agree_teacher"],
+            # pooled over character positions; runs from before that metric existed have none
+            "agree_teacher_chars": val.get("val/agree_teacher_chars", float("nan")),
+            "non_vocab_share": batch["spellm"]["non_vocab_share"],
+            "accuracy": accuracy, "teacher_accuracy": teacher_accuracy, "accuracy_diff": accuracy - teacher_accuracy,
+            "step_ratio": batch["step_ratio"], "step_ratio_best": best_run_ratio(batch),
+            "head_ms_teacher": batch["output_layer"]["teacher_ms"], "head_ms_spellm": batch["output_layer"]["spellm_ms"],
+            "bound": bench["bound"]["ratio"], "batch": batch["batch_size"],
+            **{f"acc {t}": scores[t][f"{primary_metric(t, scores[t])},none"] for t in tasks}}
 
 
 def check_sweep_config(cfg: DictConfig) -> None:
@@ -163,7 +178,7 @@ def run_job(cfg: DictConfig, job_dir: Path) -> dict:
     del spellm
     bench = benched(cfg, job_dir)
 
-    metrics = headline(summary, teacher, scores, bench, list(cfg.sweep.eval.tasks))
+    metrics = job_metrics(summary, scores, teacher, bench)
     record = {"status": "done", "fingerprint": fingerprint, "provenance": started, "metrics": metrics}
     _write_job(job_dir, record)
     _wandb_summary(metrics)

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from spellm_exp.config import CONFIG_PATH
 from spellm_exp.provenance import provenance
 from spellm_exp.results import write_table
-from spellm_exp.sweep import BENCH_FILE, EVAL_FOLDER, JOB_FILE, average_accuracy
-from spellm_exp.table1 import harness_results, primary_metric
+from spellm_exp.sweep import BENCH_FILE, EVAL_FOLDER, JOB_FILE, job_metrics
+from spellm_exp.table1 import harness_results
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,6 @@ def _read_json(path: Path) -> dict:
         raise JobError(f"{path.relative_to(path.parents[1])} is not valid JSON ({err})") from None
 
 
-def best_run_ratio(batch: dict) -> float:
-    """SpeLLM / teacher step from each side's fastest timed run: interference on a shared machine only
-    ever adds time, so the best run is the steadier estimate of what a step costs."""
-    def best(side: str) -> float:
-        return min(run["step_s"] for run in batch[side]["runs"])
-
-    return best("spellm") / best("teacher")
-
-
 def job_rows(job_dir: Path, teacher: dict) -> tuple[dict, list[dict]]:
     """(the job's table row, its per-head agreement rows)."""
     summary = _read_json(job_dir / "summary.json")
@@ -66,28 +57,13 @@ def job_rows(job_dir: Path, teacher: dict) -> tuple[dict, list[dict]]:
     scores = _read_json(job_dir / EVAL_FOLDER / "results.json")["results"]
     bench = _read_json(job_dir / BENCH_FILE)
     try:
-        tasks = sorted(scores)
-        batch = bench["batches"][0]
-        val = summary["val"]
-        accuracy, teacher_accuracy = average_accuracy(scores, tasks), average_accuracy(teacher, tasks)
         row = {"job": job_dir.name, "teacher": summary["teacher"]["description"],
                "teacher_origin": summary["teacher"]["origin"], "k": summary["k"],
                "alphabet": alphabet_label(summary["alphabet"]["kind"], summary["alphabet"]["sigma"], size_asked),
-               "sigma": summary["alphabet"]["sigma"],
-               "vocab_coverage": summary["coverage"]["vocab_coverage"],
-               "corpus_coverage": summary["coverage"]["corpus_coverage"],
-               "val_kl": val["val/kl"], "agree_teacher": val["val/agree_teacher"],
-               # pooled over character positions; runs from before that metric existed have none
-               "agree_teacher_chars": val.get("val/agree_teacher_chars", float("nan")),
-               "non_vocab_share": batch["spellm"]["non_vocab_share"],
-               "accuracy": accuracy, "teacher_accuracy": teacher_accuracy, "accuracy_diff": accuracy - teacher_accuracy,
-               "step_ratio": batch["step_ratio"], "step_ratio_best": best_run_ratio(batch),
-               "head_ms_teacher": batch["output_layer"]["teacher_ms"],
-               "head_ms_spellm": batch["output_layer"]["spellm_ms"],
-               "bound": bench["bound"]["ratio"], "batch": batch["batch_size"],
-               **{f"acc {t}": scores[t][f"{primary_metric(t, scores[t])},none"] for t in tasks}}
+               "sigma": summary["alphabet"]["sigma"], **job_metrics(summary, scores, teacher, bench)}
     except (KeyError, IndexError, TypeError, ZeroDivisionError) as err:
         raise JobError(f"a file lacks an expected entry ({err!r})") from None
+    val = summary["val"]
     pooled = "val/agree_teacher_chars" in val  # per-head chars agreement pooled over the epoch, not per batch
     heads = [{"job": job_dir.name, "k": row["k"], "alphabet": row["alphabet"], "head": int(m.group(1)),
               "agree_teacher": value,
