@@ -69,3 +69,16 @@ def test_feature_cache_needs_the_heads_only_mode(cache_dir, tmp_path):
     cfg = _cfg(cache_dir, tmp_path, "train.cache_features=true", "train.trainable=lora")
     with pytest.raises(ConfigError, match="train.cache_features=true needs a frozen backbone"):
         run(cfg, tmp_path)
+
+
+def test_every_process_opens_the_store_once_after_the_one_that_creates_it(tmp_path):
+    """Global rank 0 opens (and may create) the files in turn 0, each other node's first process in
+    turn 1 (node-local caches), everyone else in turn 2; the turns are separated by barriers."""
+    opened_in_turn = {}
+    for global_rank, local_rank in [(0, 0), (1, 1), (2, 0), (3, 1)]:  # two nodes of two processes
+        store = FeatureStore(tmp_path, 6, 3, 2, key={"a": 1})
+        barriers = []
+        store.open = lambda barriers=barriers, rank=global_rank: opened_in_turn.setdefault(rank, len(barriers))
+        store.open_in_turn(global_rank, local_rank, lambda barriers=barriers: barriers.append(1))
+        assert len(barriers) == 3  # every process passes the same barriers
+    assert opened_in_turn == {0: 0, 2: 1, 1: 2, 3: 2}

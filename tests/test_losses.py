@@ -129,3 +129,19 @@ def test_sparse_marginals_equal_a_direct_sum_over_the_vocabulary(seed):
         for i in range(k):
             direct[:, i, table[v, i]] += probs[:, v]
     torch.testing.assert_close(targets.marginals, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_targets_and_kl_stay_fp32_inside_a_bf16_autocast_step():
+    """A bf16-mixed step autocasts matmuls; the targets' products and the KL must not be among them."""
+    torch.manual_seed(0)
+    table = torch.randint(0, 6, (40, 3))
+    spellable = torch.rand(40) > 0.2
+    logits, student = torch.randn(8, 40) * 3, torch.randn(8, 3, 6)
+    plain = head_marginals(logits, table, spellable, n_symbols=6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = head_marginals(logits, table, spellable, n_symbols=6)
+        kl = marginal_kl(student.bfloat16(), plain.marginals)
+        ce, _ = spelled_cross_entropy(student.bfloat16(), torch.arange(8), table, spellable)
+    assert mixed.marginals.dtype == mixed.dropped_mass.dtype == kl.dtype == ce.dtype == torch.float32
+    assert torch.equal(mixed.marginals, plain.marginals) and torch.equal(mixed.dropped_mass, plain.dropped_mass)
+    torch.testing.assert_close(kl, marginal_kl(student.bfloat16().float(), plain.marginals))

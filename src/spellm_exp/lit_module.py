@@ -92,6 +92,17 @@ class DistillModule(LightningModule):
     def spellable(self) -> torch.Tensor:
         return self.spellm.spellable
 
+    def setup(self, stage: str) -> None:
+        """Before the strategy wraps the module: keep the frozen parts out of DDP, open the feature cache."""
+        # DDP would broadcast every parameter and buffer from rank 0 at wrap time and put frozen ones in
+        # its bookkeeping; they are identical on every rank by construction (same weights, same table)
+        self._ddp_params_and_buffers_to_ignore = [
+            *(name for name, p in self.named_parameters() if not p.requires_grad),
+            *(name for name, _ in self.named_buffers())]
+        if self.features is not None:
+            trainer = self.trainer
+            self.features.open_in_turn(trainer.global_rank, trainer.local_rank, trainer.strategy.barrier)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.mode is Trainable.heads:  # frozen: no dropout, no batch statistics
@@ -193,7 +204,7 @@ class DistillModule(LightningModule):
         per_head = counts[0] / counts[1]  # NaN for a head whose teacher top symbol was never a character
         metrics = {f"val/head{i:02d}/agree_teacher_chars": per_head[i] for i in range(self.spellm.k)}
         metrics["val/agree_teacher_chars"] = counts[0].sum() / counts[1].sum().clamp(min=1)
-        self.log_dict(metrics)
+        self.log_dict(metrics, sync_dist=True)  # already equal on every rank: the mean changes nothing
 
     # --- throughput ---------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx) -> None:
@@ -221,5 +232,6 @@ class DistillModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only what trains: a heads-only checkpoint is a few MB, not the whole backbone."""
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        # FSDP's nested units add this to parameter names; the (full) state dict does not have it
+        trainable = {name.replace("_fsdp_wrapped_module.", "") for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}

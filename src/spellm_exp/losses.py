@@ -14,10 +14,10 @@ restricted to non-PAD symbols; q_i(PAD) is what remains of the mass. No N x |V| 
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,19 @@ class Targets:
     valid: torch.Tensor  # [N] bool: some teacher mass spells
 
 
+def in_fp32(loss_fn: Callable) -> Callable:
+    """Run `loss_fn` with autocast off: method.md keeps the softmax, the marginals and the KL in fp32,
+    also inside a bf16-mixed training step (whose autocast would otherwise cast their matmuls to bf16,
+    and CSR products have no bf16 kernel). Inputs are upcast inside; the first one names the device."""
+
+    @functools.wraps(loss_fn)
+    def wrapper(first: torch.Tensor, *args, **kwargs):
+        with torch.autocast(first.device.type, enabled=False):
+            return loss_fn(first, *args, **kwargs)
+
+    return wrapper
+
+
 def spelling_matrix(table: torch.Tensor, n_symbols: int) -> torch.Tensor:
     """Sparse CSR [k*|Sigma|, |V|]: 1 at (i*|Sigma| + S[v, i], v) for every non-PAD symbol of the table."""
     vocab_size, k = table.shape
@@ -47,6 +60,7 @@ def spelling_matrix(table: torch.Tensor, n_symbols: int) -> torch.Tensor:
         return coo.coalesce().to_sparse_csr()
 
 
+@in_fp32
 def head_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor,
                    n_symbols: int, temperature: float = 1.0, matrix: torch.Tensor | None = None) -> Targets:
     """[N, |V|] teacher logits -> per-head marginals of the renormalised spellable distribution.
@@ -80,6 +94,7 @@ def chunked_head_marginals(hidden: torch.Tensor, teacher_logits_fn: Callable[[to
     return Targets(*(torch.cat([getattr(p, f) for p in parts]) for f in ("marginals", "dropped_mass", "valid")))
 
 
+@in_fp32
 def marginal_kl(student_logits: torch.Tensor, marginals: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(q_i || p_i) per position and head: [N, k, S] logits and targets -> [N, k].
 
@@ -91,6 +106,7 @@ def marginal_kl(student_logits: torch.Tensor, marginals: torch.Tensor, temperatu
     return kl * temperature**2
 
 
+@in_fp32
 def spelled_cross_entropy(student_logits: torch.Tensor, target_ids: torch.Tensor, table: torch.Tensor,
                           spellable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """-log p_i(S[y, i]) per position and head for the ground-truth next token y ([N] ids, -100 = none).

@@ -10,15 +10,18 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from spellm_exp.callbacks import SpeLLMExport
+from spellm_exp.callbacks import ReplicaCheck, SpeLLMExport
 from spellm_exp.charset import CharsetConfig, SpellingError, TokenSpellings, build_alphabet, check_charset
 from spellm_exp.config import CONFIG_PATH, model_config
 from spellm_exp.data.datamodule import DataConfig, DistillDataModule, check_data_config
+from spellm_exp.distributed import check_launch
 from spellm_exp.heads import HeadInit
 from spellm_exp.data.features import FeatureStore, feature_key
 from spellm_exp.lit_module import DistillModule, LossConfig, TrainConfig, Trainable
@@ -83,11 +86,38 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
+    """The Lightning Trainer of `cfg.trainer` (conf/trainer/*.yaml); no weights are loaded yet."""
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator} needs a CUDA GPU and a CUDA build of torch; "
+                          f"this machine has none (torch {torch.__version__}). Use trainer=cpu (the default), or "
+                          "trainer=ddp trainer.accelerator=cpu trainer.precision=32-true trainer.devices=N for "
+                          "several CPU processes.")
+    try:
+        trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg, run_dir), callbacks=callbacks,
+                                          default_root_dir=str(run_dir))
+    except (InstantiationException, ValueError, RuntimeError) as err:  # Lightning's errors are ValueErrors
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        raise ConfigError(f"{cause} The trainer configs are in conf/trainer/: trainer=cpu (default), trainer=gpu, "
+                          "trainer=ddp trainer.devices=N, trainer=fsdp trainer.devices=N.") from err
+    try:
+        check_launch(trainer)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return trainer
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Distil as `cfg` says, writing into `run_dir`; returns the summary."""
     check_train_config(cfg)
     ckpt_path = _resume_path(cfg, run_dir)
     started, started_provenance = time.perf_counter(), provenance(OmegaConf.to_container(cfg, resolve=True))
+    every = cfg.checkpoint.every_n_train_steps
+    replicas = ReplicaCheck()
+    callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1,
+                                 every_n_train_steps=every),
+                 SpeLLMExport(run_dir / "spellm", every_n_train_steps=every), replicas]
+    trainer = build_trainer(cfg, run_dir, callbacks)
     pl.seed_everything(cfg.seed, workers=True)
 
     teacher = load_teacher(model_config(cfg))
@@ -97,6 +127,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     datamodule = DistillDataModule(teacher.tokenizer, data_cfg)
     counts = datamodule.train_token_counts()
     charset: CharsetConfig = _typed(CharsetConfig, cfg.charset)
+    # every rank counts the same cached blocks, so every rank builds this same alphabet and table
     alphabet = build_alphabet(charset.kind.value, charset.size, TokenSpellings.from_tokenizer(teacher.tokenizer), counts)
     spellm = SpeLLM.build(teacher, alphabet, cfg.k, init=cfg.heads_init, seed=cfg.seed)
     coverage = spellm.spelling.coverage(counts[: spellm.spelling.vocab_size])
@@ -105,15 +136,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     train_cfg: TrainConfig = _typed(TrainConfig, cfg.train)
     features = feature_store(cfg, teacher, datamodule) if train_cfg.cache_features else None
     module = DistillModule(spellm, train_cfg, _typed(LossConfig, cfg.loss), features)
-    every = cfg.checkpoint.every_n_train_steps
-    callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1,
-                                 every_n_train_steps=every),
-                 SpeLLMExport(run_dir / "spellm", every_n_train_steps=every)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg, run_dir), callbacks=callbacks,
-                                      default_root_dir=str(run_dir))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    blocks_per_step = trainer.accumulate_grad_batches * data_cfg.batch_size * trainer.world_size
     summary = {
         "teacher": teacher.info.as_dict(),
         "k": cfg.k,
@@ -121,20 +147,26 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "trainable": str(cfg.train.trainable),
         "coverage": coverage,
         "steps": trainer.global_step,
-        "tokens_seen": trainer.global_step * trainer.accumulate_grad_batches * data_cfg.batch_size * data_cfg.block_size,
+        "tokens_seen": trainer.global_step * blocks_per_step * data_cfg.block_size,
         "seconds": round(time.perf_counter() - started, 1),
         "val": metrics,
+        "devices": {"accelerator": type(trainer.accelerator).__name__, "strategy": type(trainer.strategy).__name__,
+                    "world_size": trainer.world_size, "precision": trainer.precision},
+        "replicas": replicas.report,
         "spellm_checkpoint": str(run_dir / "spellm"),
         "provenance": started_provenance,
     }
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        log.info("wrote %s", run_dir / "summary.json")
     return summary
 
 
 def feature_store(cfg: DictConfig, teacher, datamodule: DistillDataModule) -> FeatureStore:
     """The teacher's cached backbone outputs for these blocks, shared by every run that uses them."""
-    teacher_config = {k: v for k, v in model_config_dict(teacher.config).items() if k != "cache_dir"}
+    # where the weights are cached and which attention kernel runs do not change what the backbone computes
+    teacher_config = {k: v for k, v in model_config_dict(teacher.config).items()
+                      if k not in ("cache_dir", "attn_implementation")}
     key = {"teacher": teacher_config, "teacher_info": teacher.info.as_dict(),
            "blocks": datamodule.blocks_key(), "val_blocks": datamodule.cfg.val_blocks}
     folder = Path(cfg.paths.features_dir).expanduser() / feature_key(key)
@@ -151,7 +183,6 @@ def main(cfg: DictConfig) -> None:
     finally:
         finish_wandb()
     log.info("val: %s", {k: round(v, 4) for k, v in summary["val"].items() if "/head" not in k})
-    log.info("wrote %s", run_dir / "summary.json")
 
 
 def finish_wandb() -> None:

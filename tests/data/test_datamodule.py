@@ -68,3 +68,40 @@ def test_too_little_text_is_a_clear_error(tiny_teacher):
     cfg = DataConfig(sources=["shakespeare"], max_chars_per_source=100, block_size=64, val_blocks=8)
     with pytest.raises(ValueError, match=r"too few for data.val_blocks=8"):
         DistillDataModule(tiny_teacher("tiny_qwen").tokenizer, cfg).setup()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shards_are_disjoint_slices_of_the_one_process_batches(world):
+    done = {"n": 0}
+    single = ResumableBatchSampler(23, 2 * world, seed=5, batches_done=lambda: done["n"])
+    ranks = [ResumableBatchSampler(23, 2, seed=5, batches_done=lambda: done["n"], num_replicas=world, rank=r)
+             for r in range(world)]
+    assert {len(s) for s in ranks} == {len(single)} == {23 // (2 * world)}
+    for batches_done in (0, 1):  # from the start, and resumed after one global batch
+        done["n"] = batches_done
+        shards = [list(s) for s in ranks]
+        for step, batch in enumerate(single):
+            assert sum((shard[step] for shard in shards), []) == batch  # rank r holds slice r, in order
+        assert len(set(sum(sum(shards, []), []))) == sum(len(b) for b in list(single))
+
+
+def test_a_global_batch_larger_than_the_data_names_the_fix():
+    with pytest.raises(ValueError, match=r"fewer than one global batch \(data.batch_size=4 x 3 devices\)"):
+        ResumableBatchSampler(10, 4, seed=0, batches_done=lambda: 0, num_replicas=3, rank=0)
+
+
+def test_loaders_follow_the_trainer_rank_and_pin_memory_for_a_gpu(tiny_teacher):
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler
+
+    cfg = DataConfig(sources=["shakespeare"], max_chars_per_source=5000, block_size=16, batch_size=2, val_blocks=4)
+    data = DistillDataModule(tiny_teacher("tiny_qwen").tokenizer, cfg)
+    data.setup()
+    assert not data.train_dataloader().pin_memory and data.val_dataloader().sampler.__class__ is not DistributedSampler
+    data.trainer = SimpleNamespace(world_size=2, global_rank=1, global_step=0, accumulate_grad_batches=1,
+                                   strategy=SimpleNamespace(root_device=torch.device("cuda", 1)))
+    train, val = data.train_dataloader(), data.val_dataloader()
+    assert train.pin_memory and val.pin_memory
+    assert (train.batch_sampler.num_replicas, train.batch_sampler.rank) == (2, 1)
+    assert isinstance(val.sampler, DistributedSampler) and list(val.sampler) == [1, 3]  # rank 1's strided half

@@ -7,6 +7,10 @@ are cached on disk, keyed by everything that changes them, so a second run start
 
 The training order is a function of (seed, epoch) and the number of batches already done, so a
 run resumed from a checkpoint sees exactly the batches an uninterrupted run would have seen.
+Under DDP the data module shards its own batches (hence `use_distributed_sampler: false` in the
+trainer configs): `data.batch_size` is per device, as in Lightning, and rank r of W takes the
+r-th slice of each global batch of W x batch_size blocks, so W ranks see exactly the blocks one
+process with a W times larger batch would see.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
 
 from spellm_exp.data.corpus import SOURCES, corpus_texts
 
@@ -72,19 +77,32 @@ def pack_blocks(tokenizer, texts: list[str], block_size: int) -> torch.Tensor:
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
-    """Shuffled batches whose order depends only on (seed, epoch); skips the batches already done."""
+    """Shuffled batches whose order depends only on (seed, epoch); skips the batches already done.
 
-    def __init__(self, n_items: int, batch_size: int, seed: int, batches_done: Callable[[], int]):
+    With `num_replicas` > 1, each global batch holds `num_replicas * batch_size` items and this
+    sampler yields slice `rank` of it: the ranks' shards are disjoint and together make the batch.
+    """
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, batches_done: Callable[[], int],
+                 num_replicas: int = 1, rank: int = 0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not one of {num_replicas} replicas.")
+        if n_items < batch_size * num_replicas:
+            raise ValueError(f"{n_items} training blocks are fewer than one global batch (data.batch_size="
+                             f"{batch_size} x {num_replicas} devices); lower data.batch_size or use more text.")
         self.n_items, self.batch_size, self.seed, self.batches_done = n_items, batch_size, seed, batches_done
+        self.num_replicas, self.rank = num_replicas, rank
 
     def __len__(self) -> int:
-        return self.n_items // self.batch_size
+        return self.n_items // (self.batch_size * self.num_replicas)
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch, offset = divmod(self.batches_done(), len(self))
         order = torch.randperm(self.n_items, generator=torch.Generator().manual_seed(self.seed + epoch))
+        global_batch = self.batch_size * self.num_replicas
         for batch in range(offset, len(self)):
-            yield order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
+            start = batch * global_batch + self.rank * self.batch_size
+            yield order[start:start + self.batch_size].tolist()
 
 
 class DistillDataModule(LightningDataModule):
@@ -113,11 +131,11 @@ class DistillDataModule(LightningDataModule):
             return torch.load(path)
         texts = corpus_texts(list(self.cfg.sources), self.cfg.max_chars_per_source)
         blocks = pack_blocks(self.tokenizer, texts, self.cfg.block_size)
-        if path is not None:
+        if path is not None:  # atomic, and safe when the ranks of a multi-process run all get here
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial")
+            tmp = path.with_suffix(f".partial-{os.getpid()}")
             torch.save(blocks, tmp)
-            tmp.rename(path)
+            tmp.replace(path)
         return blocks
 
     def setup(self, stage: str | None = None) -> None:
@@ -142,16 +160,31 @@ class DistillDataModule(LightningDataModule):
             return 0
         return trainer.global_step * trainer.accumulate_grad_batches
 
+    def _replicas(self) -> tuple[int, int]:
+        """(world size, global rank) of the trainer's strategy; (1, 0) outside a trainer."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _loader_kwargs(self) -> dict:
+        # pinned host memory lets the copy to a GPU overlap compute; it buys nothing on a CPU run
+        on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return {"num_workers": self.cfg.num_workers, "collate_fn": _collate, "pin_memory": on_cuda}
+
     def train_dataloader(self) -> DataLoader:
-        sampler = ResumableBatchSampler(len(self.train_blocks), self.cfg.batch_size, self.cfg.seed, self._batches_done)
+        world, rank = self._replicas()
+        sampler = ResumableBatchSampler(len(self.train_blocks), self.cfg.batch_size, self.cfg.seed,
+                                        self._batches_done, num_replicas=world, rank=rank)
         dataset = TensorDataset(torch.arange(len(self.train_blocks)), self.train_blocks)
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers, collate_fn=_collate)
+        return DataLoader(dataset, batch_sampler=sampler, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
         first = len(self.train_blocks)  # block indices count train then validation, as in blocks()
         dataset = TensorDataset(torch.arange(first, first + len(self.val_blocks)), self.val_blocks)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False, num_workers=self.cfg.num_workers,
-                          collate_fn=_collate)
+        world, rank = self._replicas()
+        # Lightning's own convention for evaluation: every rank a strided shard, padded to equal length
+        sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, **self._loader_kwargs())
 
     @property
     def n_blocks(self) -> int:

@@ -10,6 +10,10 @@ says it is filled. Blocks are filled lazily, batch by batch, so a run computes o
 visits, and a later run with the same data order reads them all. The folder is named after
 everything that changes the features (teacher weights, tokenizer, blocks); a file whose shape
 does not match is rebuilt.
+
+Several processes may share one store (the ranks of a DDP run fill disjoint blocks of it), so
+opening is separate from construction: `open_in_turn` lets one process create the files while
+the others wait, then opens them everywhere.
 """
 
 from __future__ import annotations
@@ -39,28 +43,48 @@ class FeatureStore:
 
     def __init__(self, folder: str | Path, n_blocks: int, block_size: int, hidden_size: int, key: dict):
         self.folder = Path(folder)
+        self.shape = (n_blocks, block_size, hidden_size)
+        self.meta = {"n_blocks": n_blocks, "block_size": block_size, "hidden_size": hidden_size, "dtype": "float32",
+                     "key": key}
+        self._features: np.memmap | None = None
+        self._filled: np.memmap | None = None
+
+    def open(self) -> FeatureStore:
+        """Map the files, creating them (empty) when missing or made for other blocks or another teacher."""
+        if self._features is not None:
+            return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        meta = {"n_blocks": n_blocks, "block_size": block_size, "hidden_size": hidden_size, "dtype": "float32",
-                "key": key}
         meta_path = self.folder / META_FILE
-        fresh = not meta_path.exists() or json.loads(meta_path.read_text()) != json.loads(json.dumps(meta))
+        fresh = not meta_path.exists() or json.loads(meta_path.read_text()) != json.loads(json.dumps(self.meta))
         mode = "w+" if fresh else "r+"
-        shape = (n_blocks, block_size, hidden_size)
-        self._features = np.memmap(self.folder / FEATURES_FILE, dtype=np.float32, mode=mode, shape=shape)
-        self._filled = np.memmap(self.folder / FILLED_FILE, dtype=np.uint8, mode=mode, shape=(n_blocks,))
         if fresh:
-            meta_path.write_text(json.dumps(meta, indent=2))
-            log.info("feature cache: new store %s (%d blocks)", self.folder, n_blocks)
+            meta_path.unlink(missing_ok=True)  # a store whose meta names it is complete, so meta goes last
+        self._features = np.memmap(self.folder / FEATURES_FILE, dtype=np.float32, mode=mode, shape=self.shape)
+        self._filled = np.memmap(self.folder / FILLED_FILE, dtype=np.uint8, mode=mode, shape=(self.shape[0],))
+        if fresh:
+            meta_path.write_text(json.dumps(self.meta, indent=2))
+            log.info("feature cache: new store %s (%d blocks)", self.folder, self.shape[0])
         else:
-            log.info("feature cache: %s holds %d of %d blocks", self.folder, self.n_filled, n_blocks)
+            log.info("feature cache: %s holds %d of %d blocks", self.folder, self.n_filled, self.shape[0])
+        return self
+
+    def open_in_turn(self, global_rank: int, local_rank: int, barrier: Callable[[], None]) -> FeatureStore:
+        """Open from every process of a run: global rank 0 first (it may create the files), then the first
+        process of each other node (a node-local cache folder), then the rest; `barrier` separates the turns."""
+        for turn in (global_rank == 0, global_rank != 0 and local_rank == 0, local_rank != 0):
+            if turn:
+                self.open()
+            barrier()
+        return self
 
     @property
     def n_filled(self) -> int:
-        return int(self._filled.sum())
+        return int(self.open()._filled.sum())
 
     def get(self, index: torch.Tensor, ids: torch.Tensor,
             compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Hidden states [B, T, d] of blocks `index` ([B]); `compute(ids[missing])` fills the missing ones."""
+        self.open()
         rows = index.cpu().numpy()
         missing = self._filled[rows] == 0
         if missing.any():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,7 +57,8 @@ class GgufCheckpoint:
 
 @contextmanager
 def _atomic_folder(final: Path) -> Iterator[Path]:
-    tmp = final.with_name(final.name + ".partial")
+    # one scratch folder per process: the ranks of a torchrun job may all convert on a fresh machine
+    tmp = final.with_name(f"{final.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -64,6 +66,9 @@ def _atomic_folder(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if (final / MARKER).exists():  # another process finished the same conversion first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
 

@@ -31,6 +31,7 @@ ORIGIN_GGUF = "pretrained (dequantised GGUF)"
 ORIGIN_RANDOM = "random init"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 DEFAULT_CACHE = Path.home() / ".cache" / "spellm_exp"
 LOCAL = "local"  # the config name for any folder or hub id given by model.path
 
@@ -107,6 +108,8 @@ def check_model_config(cfg: ModelConfig) -> None:
     """Every check that needs no weights: unknown names, missing packages, unreachable hub ids."""
     if cfg.dtype not in DTYPES:
         raise TeacherConfigError(f"model.dtype={cfg.dtype} is not supported; use one of {list(DTYPES)}.")
+    if cfg.attn_implementation not in ATTENTION:
+        raise TeacherConfigError(f"model.attn_implementation={cfg.attn_implementation} is not one of {list(ATTENTION)}.")
     spec = _spec(cfg)
     try:
         if cfg.path:
@@ -127,7 +130,8 @@ def check_model_config(cfg: ModelConfig) -> None:
 def _random_model(config: PretrainedConfig, cfg: ModelConfig) -> PreTrainedModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype])
+        return AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype],
+                                                attn_implementation=cfg.attn_implementation)
 
 
 def _special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
@@ -157,7 +161,7 @@ def _build(cfg: ModelConfig, spec: ModelSpec) -> tuple[PreTrainedModel, PreTrain
         tokenizer = AutoTokenizer.from_pretrained(path)
         if random_init:
             return _random_model(AutoConfig.from_pretrained(path), cfg), tokenizer, ORIGIN_RANDOM, path, path
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
         origin = _folder_origin(Path(path)) if Path(path).is_dir() else ORIGIN_PRETRAINED
         return model, tokenizer, origin, path, path
     if spec.tiny:
@@ -170,9 +174,9 @@ def _build(cfg: ModelConfig, spec: ModelSpec) -> tuple[PreTrainedModel, PreTrain
         return _random_model(config, cfg), tokenizer, ORIGIN_RANDOM, f"architecture {spec.architecture}", label
     if spec.gguf is not None:
         folder = converted_model_folder(spec.gguf, cache)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=cfg.attn_implementation)
         return model, AutoTokenizer.from_pretrained(folder), ORIGIN_GGUF, spec.gguf.package.requirement, spec.tokenizer
-    model = AutoModelForCausalLM.from_pretrained(spec.hub_id, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(spec.hub_id, dtype=dtype, attn_implementation=cfg.attn_implementation)
     return model, AutoTokenizer.from_pretrained(spec.hub_id), ORIGIN_PRETRAINED, spec.hub_id, spec.hub_id
 
 
