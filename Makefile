@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation results-index notebooks reproduce clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation results-index notebooks reproduce clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -32,6 +32,8 @@ help:
 	@echo "make teachers    convert the packaged GGUF teachers to the safetensors cache and sanity-check them"
 	@echo "make coverage    results/coverage.{md,csv}: spelling coverage by k and alphabet (a few minutes)"
 	@echo "make bench-distill  results/distill_throughput.{md,csv}: distillation vs teacher forward (~5 min)"
+	@echo "make bench-distill-gpu  the same on a CUDA GPU: real-size random-init teachers, bf16, with MFU"
+	@echo "make memory-plan results/distill_memory.{md,csv}: estimated memory per GPU for each teacher (seconds)"
 	@echo "make distill     distil the quick-profile SmolLM2 SpeLLM (k=16) into $(QUICK_RUN) (~15 min)"
 	@echo "make reproduce-table1  results/table1.{md,csv}: teacher vs SpeLLM on the lm-eval tasks (quick: ~30 min)"
 	@echo "make reproduce-table2  results/table2.{md,csv,png}: decode-step runtime, teacher vs SpeLLM (quick: ~15 min)"
@@ -66,6 +68,13 @@ coverage: setup
 bench-distill: setup
 	$(PY) -m spellm_exp.bench_distill
 
+# on a CUDA machine: real-size random-init teachers, bf16; the rows join the CPU ones in distill_throughput.md
+bench-distill-gpu: setup
+	$(PY) -m spellm_exp.bench_distill --config-name bench_distill_gpu
+
+memory-plan: setup
+	$(PY) -m spellm_exp.memory_plan
+
 # The quick-profile SpeLLM of SmolLM2 (k=16, 64 characters); kept, and reused by later tables.
 QUICK_RUN := outputs/train/smollm2_k16_quick
 distill: $(QUICK_RUN)/summary.json
@@ -96,7 +105,7 @@ reproduce-ablation: setup
 	$(PY) -m spellm_exp.ablation
 
 # Table 2 times the distilled quick SpeLLM, so it runs after `distill`; the notebooks show what all wrote
-reproduce: teachers coverage distill reproduce-table1 reproduce-table2 reproduce-table3
+reproduce: teachers coverage memory-plan distill reproduce-table1 reproduce-table2 reproduce-table3
 	$(PY) -m spellm_exp.results_index results
 	$(MAKE) notebooks
 

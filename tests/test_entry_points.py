@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
@@ -98,19 +99,46 @@ def test_coverage_writes_tables_that_match_a_direct_computation(tmp_path, cache_
     assert "python -m spellm_exp.coverage tokenizers=[gpt-neox]" in markdown and "git SHA" in markdown
 
 
-def test_bench_distill_writes_side_by_side_figures(tmp_path, cache_dir):
+def test_bench_distill_writes_side_by_side_figures_and_keeps_other_devices_rows(tmp_path, cache_dir):
     import pandas as pd
 
+    from spellm_exp.provenance import device_name
+
+    results = tmp_path / "results"
+    results.mkdir()
+    # an earlier GPU run's row stays; an earlier row of this device and precision is replaced
+    earlier = pd.DataFrame([{"model": "llama31_8b", "origin": "random init", "device": "NVIDIA H100 80GB HBM3",
+                             "precision": "bf16-mixed", "k": 16, "distill_mfu": 0.41, "git_sha": "a" * 40},
+                            {"model": "stale", "origin": "random init", "device": device_name("cpu"),
+                             "precision": "32-true", "k": 16, "distill_mfu": None, "git_sha": "b" * 40}])
+    earlier.to_csv(results / "distill_throughput.csv", index=False)
     result = _run("spellm_exp.bench_distill", "models=[tiny_llama]", "ks=[2,8]", "batch_size=2", "block_size=16",
-                  "warmup=0", "repeats=2", f"paths.cache_dir={cache_dir}", f"paths.results_dir={tmp_path}/results",
-                  f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+                  "warmup=0", "repeats=2", "corpus_chars=20000", f"paths.cache_dir={cache_dir}",
+                  f"paths.results_dir={results}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    frame = pd.read_csv(tmp_path / "results" / "distill_throughput.csv")
-    assert list(frame.k) == [2, 8] and (frame.sigma == 258).all()
-    assert (frame.throughput_ratio > 0).all() and (frame.teacher_tokens_per_s > 0).all()
-    ratio = frame.distill_tokens_per_s / frame.teacher_tokens_per_s
-    assert ratio.tolist() == pytest.approx(frame.throughput_ratio.tolist())
-    assert "Heads-only distillation throughput" in (tmp_path / "results" / "distill_throughput.md").read_text()
+    frame = pd.read_csv(results / "distill_throughput.csv")
+    assert list(frame.model) == ["llama31_8b", "tiny_llama", "tiny_llama"] and list(frame.k) == [16, 2, 8]
+    ours = frame[frame.model == "tiny_llama"]
+    assert (ours.sigma == 258).all() and (ours.precision == "32-true").all() and ours.distill_mfu.isna().all()
+    assert (ours.origin == "random init").all() and (ours.batch_tokens == 32).all()
+    assert (ours.throughput_ratio > 0).all() and (ours.teacher_tokens_per_s > 0).all()
+    ratio = ours.distill_tokens_per_s / ours.teacher_tokens_per_s
+    assert ratio.tolist() == pytest.approx(ours.throughput_ratio.tolist())
+    markdown = (results / "distill_throughput.md").read_text()
+    assert "## NVIDIA H100 80GB HBM3, bf16-mixed" in markdown and f"## {device_name('cpu')}, 32-true" in markdown
+
+
+def test_model_flops_per_token_of_a_distillation_step(tiny_teacher):
+    from spellm_exp.bench_distill import peak_flops, resolve_precision, step_flops_per_token
+
+    model = tiny_teacher("tiny_llama").model  # 2 layers, d=64, 4 heads of 16, |V| 49,152, tied
+    backbone = sum(p.numel() for p in model.parameters()) - 49_152 * 64
+    flops = step_flops_per_token(model, context=32, k=4, sigma=10)
+    assert flops["teacher"] == 2 * backbone + 2 * 2 * 4 * 16 * 32 + 2 * 64 * 49_152
+    assert flops["distill"] - flops["teacher"] == 4 * 64 * 4 * 10
+    assert peak_flops(torch.device("cpu"), "bf16-mixed") is None
+    assert resolve_precision("auto", torch.device("cpu")) == "32-true"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16-mixed"
 
 
 def test_evaluate_writes_results_samples_and_metrics(tmp_path, cache_dir):

@@ -40,11 +40,12 @@ class CharHeads(nn.Module):
 
         Symbols that no token has at position i get the mean over all spellable tokens.
         """
-        rows = unembedding[spelling.spellable].to(torch.float32)
-        table = spelling.table[spelling.spellable]
+        device = unembedding.device  # the teacher may already sit on a GPU; the table lives on the CPU
+        rows = unembedding[spelling.spellable.to(device)].to(torch.float32)
+        table = spelling.table[spelling.spellable].to(device)
         fallback = rows.mean(dim=0)
         for i in range(self.k):
-            sums = torch.zeros(self.n_symbols, rows.shape[1]).index_add_(0, table[:, i], rows)
+            sums = torch.zeros(self.n_symbols, rows.shape[1], device=device).index_add_(0, table[:, i], rows)
             counts = torch.bincount(table[:, i], minlength=self.n_symbols).unsqueeze(1)
             means = torch.where(counts > 0, sums / counts.clamp(min=1), fallback)
             self.weight[i].copy_(means.to(self.weight.dtype))
