@@ -107,3 +107,14 @@ def test_multi_device_inside_a_multirun_is_refused_before_any_work(cache_dir, tm
     assert result.returncode != 0
     assert "inside a Hydra multirun (-m)" in result.stderr and "torchrun" in result.stderr
     assert not list((tmp_path / "sweep").rglob("summary.json"))
+
+
+def test_ranks_with_different_spelling_tables_are_stopped_before_any_step():
+    from spellm_exp.distributed import check_same_on_every_rank
+
+    def gather_from_two_ranks(other: str):
+        return lambda mine: torch.stack([mine, torch.tensor([int(other[:15], 16)])])
+
+    check_same_on_every_rank("tables", "ab" * 32, gather_from_two_ranks("ab" * 32), torch.device("cpu"))
+    with pytest.raises(RuntimeError, match=r"different tables \(2 versions\).*same paths.cache_dir"):
+        check_same_on_every_rank("tables", "ab" * 32, gather_from_two_ranks("cd" * 32), torch.device("cpu"))

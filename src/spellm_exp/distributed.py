@@ -3,17 +3,21 @@
 - `wrap_decoder_layers`: the FSDP auto-wrap policy of conf/trainer/fsdp.yaml: one FSDP unit per
   transformer block, for every Hugging Face family (their blocks are all `*DecoderLayer`);
 - `full_weights`: gathers FSDP-sharded weights for an export that reads them on rank 0;
-- `check_launch`: refuses a set-up that Lightning would launch wrongly, before any weights load.
+- `check_launch`: refuses a set-up that Lightning would launch wrongly, before any weights load;
+- `check_same_on_every_rank`: every rank builds the alphabet and spelling table from the same cached
+  blocks; this proves they agree before any step runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.strategies import FSDPStrategy
+import torch
 from torch import nn
 
 
@@ -52,3 +56,14 @@ def check_launch(trainer: pl.Trainer) -> None:
             "under torchrun, which starts every process itself and runs the jobs in step: torchrun "
             "--nproc_per_node=N -m spellm_exp.train -m ... hydra.sweep.dir=<one folder for all processes>; "
             "or run the jobs one by one without -m.")
+
+
+def check_same_on_every_rank(what: str, fingerprint: str, all_gather: Callable[[torch.Tensor], torch.Tensor],
+                             device: torch.device) -> None:
+    """Raise unless every rank holds the same `fingerprint` (a hex digest) of `what`."""
+    mine = torch.tensor([int(fingerprint[:15], 16)], dtype=torch.int64, device=device)
+    gathered = all_gather(mine).flatten().tolist()
+    if len(set(gathered)) > 1:
+        raise RuntimeError(f"The ranks built different {what} ({len(set(gathered))} versions): they must read the "
+                           "same data and config. Check that every node sees the same paths.cache_dir contents "
+                           "and overrides.")

@@ -22,6 +22,7 @@ from lightning.pytorch import LightningModule
 
 from spellm_exp.charset import PAD
 from spellm_exp.data.features import FeatureStore
+from spellm_exp.distributed import check_same_on_every_rank
 from spellm_exp.losses import Targets, chunked_head_marginals, distillation_loss, spelling_matrix
 from spellm_exp.model import SpeLLM, run_backbone, teacher_head
 
@@ -99,8 +100,11 @@ class DistillModule(LightningModule):
         self._ddp_params_and_buffers_to_ignore = [
             *(name for name, p in self.named_parameters() if not p.requires_grad),
             *(name for name, _ in self.named_buffers())]
+        trainer = self.trainer
+        if trainer.world_size > 1:
+            check_same_on_every_rank("alphabets and spelling tables", self.spellm.spelling.fingerprint(),
+                                     trainer.strategy.all_gather, trainer.strategy.root_device)
         if self.features is not None:
-            trainer = self.trainer
             self.features.open_in_turn(trainer.global_rank, trainer.local_rank, trainer.strategy.barrier)
 
     def train(self, mode: bool = True):
