@@ -145,3 +145,14 @@ def test_targets_and_kl_stay_fp32_inside_a_bf16_autocast_step():
     assert mixed.marginals.dtype == mixed.dropped_mass.dtype == kl.dtype == ce.dtype == torch.float32
     assert torch.equal(mixed.marginals, plain.marginals) and torch.equal(mixed.dropped_mass, plain.dropped_mass)
     torch.testing.assert_close(kl, marginal_kl(student.bfloat16().float(), plain.marginals))
+
+
+def test_a_bf16_spelling_matrix_gives_the_same_targets():
+    """FSDP's bf16-mixed casts floating buffers, the spelling matrix among them; its 0/1 entries are exact."""
+    from spellm_exp.losses import spelling_matrix
+
+    logits = torch.randn(3, 5)
+    matrix = spelling_matrix(TABLE, 4)
+    plain = head_marginals(logits, TABLE, SPELLABLE, n_symbols=4, matrix=matrix)
+    cast = head_marginals(logits, TABLE, SPELLABLE, n_symbols=4, matrix=matrix.to(torch.bfloat16))
+    assert torch.equal(plain.marginals, cast.marginals)

@@ -70,6 +70,8 @@ def head_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable:
     if matrix is None:
         matrix = spelling_matrix(table, n_symbols)
     probs = torch.softmax(teacher_logits.float() / temperature, dim=-1)
+    if matrix.dtype != probs.dtype:  # FSDP's bf16 mixed precision casts floating buffers; 0/1 stay exact
+        matrix = matrix.to(probs.dtype)
     spell_mass = probs @ spellable.to(probs.dtype)
     k = table.shape[1]
     # unspellable ids have empty columns in the matrix: renormalising after the product is enough
