@@ -122,6 +122,9 @@ def test_bad_sweep_overrides_fail_before_any_model_loads(cache_dir, tmp_path):
                                                       "train.cache_features=false"])
         with pytest.raises(sweep.ConfigError, match="train.trainable=heads"):
             sweep.run_job(cfg, tmp_path)
+        cfg = compose(config_name="sweep", overrides=["experiment=table3", "trainer=ddp", "trainer.devices=2"])
+        with pytest.raises(sweep.ConfigError, match="one device; use trainer.devices=1"):
+            sweep.run_job(cfg, tmp_path)
 
 
 # --- a tiny multirun end to end, with wandb offline ----------------------------------------------

@@ -149,6 +149,10 @@ def check_sweep_config(cfg: DictConfig) -> None:
     if cfg.train.trainable != "heads":
         raise ConfigError(f"train.trainable={cfg.train.trainable}: a sweep job scores the frozen backbone as the "
                           f"teacher, so it needs train.trainable=heads.")
+    if cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1:
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices}, trainer.num_nodes={cfg.trainer.num_nodes}: a sweep "
+                          "job trains, scores and times its SpeLLM in one process, on one device; use "
+                          "trainer.devices=1 (spellm_exp.train runs single multi-device distillations).")
     try:
         check_tasks(list(cfg.sweep.eval.tasks))
     except UnknownTaskError as err:
