@@ -118,3 +118,15 @@ def test_ranks_with_different_spelling_tables_are_stopped_before_any_step():
     check_same_on_every_rank("tables", "ab" * 32, gather_from_two_ranks("ab" * 32), torch.device("cpu"))
     with pytest.raises(RuntimeError, match=r"different tables \(2 versions\).*same paths.cache_dir"):
         check_same_on_every_rank("tables", "ab" * 32, gather_from_two_ranks("cd" * 32), torch.device("cpu"))
+
+
+def test_a_bf16_mixed_run_keeps_fp32_weights_and_a_finite_loss(cache_dir, tmp_path):
+    """trainer=gpu's precision, here on the CPU's autocast: the same code path as on a GPU."""
+    import math
+
+    summary = run(_compose(*TINY_RUN, "data.batch_size=2", "trainer.precision=bf16-mixed",
+                           f"paths.cache_dir={cache_dir}"), tmp_path)
+    assert summary["devices"]["precision"] == "bf16-mixed" and summary["steps"] == 4
+    assert math.isfinite(summary["val"]["val/kl"]) and summary["val"]["val/kl"] > 0
+    heads = SpeLLM.load(tmp_path / "spellm", cache_dir=cache_dir).heads
+    assert heads.weight.dtype == torch.float32
