@@ -102,30 +102,33 @@ def test_coverage_writes_tables_that_match_a_direct_computation(tmp_path, cache_
 def test_bench_distill_writes_side_by_side_figures_and_keeps_other_devices_rows(tmp_path, cache_dir):
     import pandas as pd
 
-    from spellm_exp.provenance import device_name
-
     results = tmp_path / "results"
-    results.mkdir()
-    # an earlier GPU run's row stays; an earlier row of this device and precision is replaced
-    earlier = pd.DataFrame([{"model": "llama31_8b", "origin": "random init", "device": "NVIDIA H100 80GB HBM3",
-                             "precision": "bf16-mixed", "k": 16, "distill_mfu": 0.41, "git_sha": "a" * 40},
-                            {"model": "stale", "origin": "random init", "device": device_name("cpu"),
-                             "precision": "32-true", "k": 16, "distill_mfu": None, "git_sha": "b" * 40}])
-    earlier.to_csv(results / "distill_throughput.csv", index=False)
-    result = _run("spellm_exp.bench_distill", "models=[tiny_llama]", "ks=[2,8]", "batch_size=2", "block_size=16",
-                  "warmup=0", "repeats=2", "corpus_chars=20000", f"paths.cache_dir={cache_dir}",
-                  f"paths.results_dir={results}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    frame = pd.read_csv(results / "distill_throughput.csv")
-    assert list(frame.model) == ["llama31_8b", "tiny_llama", "tiny_llama"] and list(frame.k) == [16, 2, 8]
-    ours = frame[frame.model == "tiny_llama"]
+
+    def bench() -> pd.DataFrame:
+        result = _run("spellm_exp.bench_distill", "models=[tiny_llama]", "ks=[2,8]", "batch_size=2", "block_size=16",
+                      "warmup=0", "repeats=2", "corpus_chars=20000", f"paths.cache_dir={cache_dir}",
+                      f"paths.results_dir={results}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return pd.read_csv(results / "distill_throughput.csv")
+
+    ours = bench()
+    assert list(ours.model) == ["tiny_llama", "tiny_llama"] and list(ours.k) == [2, 8]
     assert (ours.sigma == 258).all() and (ours.precision == "32-true").all() and ours.distill_mfu.isna().all()
     assert (ours.origin == "random init").all() and (ours.batch_tokens == 32).all()
     assert (ours.throughput_ratio > 0).all() and (ours.teacher_tokens_per_s > 0).all()
     ratio = ours.distill_tokens_per_s / ours.teacher_tokens_per_s
     assert ratio.tolist() == pytest.approx(ours.throughput_ratio.tolist())
+
+    # an earlier GPU run's row stays; an earlier row of this device and precision is replaced
+    earlier = pd.DataFrame([{"model": "llama31_8b", "origin": "random init", "device": "NVIDIA H100 80GB HBM3",
+                             "precision": "bf16-mixed", "k": 16, "distill_mfu": 0.41, "git_sha": "a" * 40},
+                            {"model": "stale", "origin": "random init", "device": ours.device[0],
+                             "precision": "32-true", "k": 16, "distill_mfu": None, "git_sha": "b" * 40}])
+    pd.concat([earlier, ours]).to_csv(results / "distill_throughput.csv", index=False)
+    again = bench()
+    assert list(again.model) == ["llama31_8b", "tiny_llama", "tiny_llama"] and list(again.k) == [16, 2, 8]
     markdown = (results / "distill_throughput.md").read_text()
-    assert "## NVIDIA H100 80GB HBM3, bf16-mixed" in markdown and f"## {device_name('cpu')}, 32-true" in markdown
+    assert "## NVIDIA H100 80GB HBM3, bf16-mixed" in markdown and f"## {ours.device[0]}, 32-true" in markdown
 
 
 def test_model_flops_per_token_of_a_distillation_step(tiny_teacher):
