@@ -75,10 +75,11 @@ def _train_command(cache_dir, *overrides, flags=()):
 
 def test_two_ddp_processes_on_cpu_equal_one_process_over_the_same_global_batch(cache_dir, tmp_path):
     """gloo DDP, 2 ranks x 2 blocks against 1 process x 4 blocks: the same global batches (the data module
-    shards them), the same averaged gradients, so the same heads."""
+    shards them), the same averaged gradients, so the same heads; and an interrupted DDP run resumes to them."""
     ddp_dir = tmp_path / "ddp"
-    command, env = _train_command(cache_dir, "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true",
-                                  "trainer.devices=2", "data.batch_size=2", f"hydra.run.dir={ddp_dir}")
+    ddp_overrides = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=2",
+                     "data.batch_size=2"]
+    command, env = _train_command(cache_dir, *ddp_overrides, f"hydra.run.dir={ddp_dir}")
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     single = run(_compose(*TINY_RUN, "data.batch_size=4", f"paths.cache_dir={cache_dir}"), tmp_path / "single")
@@ -97,6 +98,17 @@ def test_two_ddp_processes_on_cpu_equal_one_process_over_the_same_global_batch(c
     assert not torch.equal(single_heads.weight, start.weight)  # the heads did train
     torch.testing.assert_close(ddp_heads.weight, single_heads.weight, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ddp_heads.bias, single_heads.bias, rtol=1e-5, atol=1e-6)
+
+    # interrupted after 2 steps, resumed from its checkpoint by both ranks: the same heads as straight through
+    resumed_dir = tmp_path / "resumed"
+    for steps, resume in ((2, []), (4, ["ckpt_path=last"])):
+        command, env = _train_command(cache_dir, *ddp_overrides, f"trainer.max_steps={steps}",
+                                      "checkpoint.every_n_train_steps=2", f"hydra.run.dir={resumed_dir}", *resume)
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((resumed_dir / "summary.json").read_text())["steps"] == 4
+    resumed_heads = SpeLLM.load(resumed_dir / "spellm", cache_dir=cache_dir).heads
+    torch.testing.assert_close(resumed_heads.weight, ddp_heads.weight)
 
 
 def test_multi_device_inside_a_multirun_is_refused_before_any_work(cache_dir, tmp_path):
