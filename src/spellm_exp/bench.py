@@ -21,7 +21,6 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoModelForCausalLM
 
 from spellm_exp.charset import SpellingError, TokenSpellings, build_alphabet, check_charset, token_counts
 from spellm_exp.config import CONFIG_PATH, model_config
@@ -31,12 +30,12 @@ from spellm_exp.measure import available_memory_gb, device_clock, peak_rise_mb
 from spellm_exp.model import SpeLLM, checkpoint_folder
 from spellm_exp.models import (MODELS, ORIGIN_RANDOM, Init, ModelConfig, TeacherConfigError, check_model_config,
                                load_teacher)
-from spellm_exp.models.architectures import REAL_SIZE
+from spellm_exp.models.architectures import REAL_SIZE, meta_model
+from spellm_exp.models.loader import DTYPES
 from spellm_exp.provenance import provenance
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
-BYTES_PER_PARAM = {"float32": 4, "float16": 2, "bfloat16": 2}
 MEMORY_HEADROOM = 1.3  # weights x this must fit: activations, KV cache, allocator slack
 
 
@@ -103,9 +102,8 @@ def weights_gb(model_cfg: ModelConfig) -> float | None:
     spec = MODELS.get(model_cfg.name)
     if spec is None or spec.architecture is None or model_cfg.path:
         return None
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(REAL_SIZE[spec.architecture]())
-    return sum(p.numel() for p in model.parameters()) * BYTES_PER_PARAM[model_cfg.dtype] / 2**30
+    model = meta_model(REAL_SIZE[spec.architecture]())
+    return sum(p.numel() for p in model.parameters()) * DTYPES[model_cfg.dtype].itemsize / 2**30
 
 
 def benchmark_prompts(tokenizer, batch_size: int, prompt_tokens: int) -> list[str]:

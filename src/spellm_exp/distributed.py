@@ -14,10 +14,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import lightning.pytorch as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.strategies import FSDPStrategy
-import torch
 from torch import nn
 
 

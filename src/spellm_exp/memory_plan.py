@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import hydra
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import PretrainedConfig
 
 from spellm_exp.config import CONFIG_PATH
-from spellm_exp.models.architectures import REAL_SIZE
+from spellm_exp.models.architectures import REAL_SIZE, meta_model
+from spellm_exp.models.loader import DTYPES
 from spellm_exp.provenance import provenance
 from spellm_exp.results import write_table
 
@@ -43,8 +43,7 @@ class Shape:
 
     @classmethod
     def of(cls, config: PretrainedConfig) -> Shape:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+        model = meta_model(config)
         layer = max(sum(p.numel() for p in block.parameters()) for block in model.model.layers)
         return cls(sum(p.numel() for p in model.parameters()), layer, config.vocab_size, config.hidden_size,
                    config.intermediate_size)
@@ -61,21 +60,21 @@ class Setting:
 
 def plan(shape: Shape, setting: Setting, fsdp_devices: int) -> dict:
     """GB per GPU: weights (DDP and FSDP), the heads' training state, the loss with and without chunks."""
-    heads = setting.k * setting.sigma * (shape.hidden_size + 1)
+    heads_state = setting.k * setting.sigma * (shape.hidden_size + 1) * 4 * ADAMW_COPIES
     chunk_positions = max(1, setting.chunk_elements // shape.vocab_size)
     chunked = min(chunk_positions, setting.tokens_per_gpu) * shape.vocab_size * LOGIT_BYTES
     # frozen forward, no grad: the hidden states kept for the heads, plus one block's transient tensors (bf16)
     activations = setting.tokens_per_gpu * (4 * shape.hidden_size + 2 * (3 * shape.ffn_size + 6 * shape.hidden_size))
     ddp_weights = shape.params * setting.weight_bytes
     fsdp_weights = (shape.params / fsdp_devices + shape.layer_params) * setting.weight_bytes
-    rest = heads * 4 * ADAMW_COPIES + chunked + activations
+    rest = heads_state + chunked + activations
     return {
         "params_M": shape.params / 1e6,
         "vocab": shape.vocab_size,
         "logits_MB_per_token": shape.vocab_size * 4 / 2**20,
         "loss_unchunked_GB": setting.tokens_per_gpu * shape.vocab_size * LOGIT_BYTES / GB,
         "loss_chunked_GB": chunked / GB,
-        "heads_adamw_GB": heads * 4 * ADAMW_COPIES / GB,
+        "heads_adamw_GB": heads_state / GB,
         "activations_GB": activations / GB,
         "ddp_weights_GB": ddp_weights / GB,
         "ddp_total_GB": (ddp_weights + rest) / GB,
@@ -88,7 +87,7 @@ def plan(shape: Shape, setting: Setting, fsdp_devices: int) -> dict:
 def main(cfg: DictConfig) -> None:
     started = provenance(OmegaConf.to_container(cfg, resolve=True))
     setting = Setting(cfg.k, cfg.sigma, cfg.batch_size * cfg.block_size, cfg.chunk_elements,
-                      {"float32": 4, "bfloat16": 2}[cfg.weights_dtype])
+                      DTYPES[cfg.weights_dtype].itemsize)
     rows = [{"teacher": name, **plan(Shape.of(REAL_SIZE[name]()), setting, cfg.fsdp_devices)}
             for name in cfg.architectures]
     frame = pd.DataFrame(rows)

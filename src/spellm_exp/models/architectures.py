@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from transformers import (
+    AutoModelForCausalLM,
     Gemma2Config,
     Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
     PretrainedConfig,
+    PreTrainedModel,
     Qwen2Config,
 )
 
@@ -126,3 +129,9 @@ def tiny_config(family: str, vocab_size: int, tied: bool, special_ids: dict[str,
     if family == "mistral":
         return MistralConfig(**common, sliding_window=16)
     return FAMILY_CONFIGS[family](**common)
+
+
+def meta_model(config: PretrainedConfig) -> PreTrainedModel:
+    """The model of `config` on the meta device: its shapes and parameter counts, and no memory."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)

@@ -127,11 +127,15 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise TeacherConfigError(str(err)) from err
 
 
+def _model_kwargs(cfg: ModelConfig) -> dict:
+    """What every model construction takes from the config: weight dtype and attention kernel."""
+    return {"dtype": DTYPES[cfg.dtype], "attn_implementation": cfg.attn_implementation}
+
+
 def _random_model(config: PretrainedConfig, cfg: ModelConfig) -> PreTrainedModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype],
-                                                attn_implementation=cfg.attn_implementation)
+        return AutoModelForCausalLM.from_config(config, **_model_kwargs(cfg))
 
 
 def _special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
@@ -154,14 +158,13 @@ def _folder_origin(folder: Path) -> str:
 def _build(cfg: ModelConfig, spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str, str, str]:
     """(model, tokenizer, origin, source, tokenizer label) for a checked config."""
     cache = _cache_root(cfg)
-    dtype = DTYPES[cfg.dtype]
     random_init = Init(cfg.init) is Init.random
     if cfg.path:
         path = str(Path(cfg.path).expanduser()) if Path(cfg.path).expanduser().is_dir() else cfg.path
         tokenizer = AutoTokenizer.from_pretrained(path)
         if random_init:
             return _random_model(AutoConfig.from_pretrained(path), cfg), tokenizer, ORIGIN_RANDOM, path, path
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(cfg))
         origin = _folder_origin(Path(path)) if Path(path).is_dir() else ORIGIN_PRETRAINED
         return model, tokenizer, origin, path, path
     if spec.tiny:
@@ -174,9 +177,9 @@ def _build(cfg: ModelConfig, spec: ModelSpec) -> tuple[PreTrainedModel, PreTrain
         return _random_model(config, cfg), tokenizer, ORIGIN_RANDOM, f"architecture {spec.architecture}", label
     if spec.gguf is not None:
         folder = converted_model_folder(spec.gguf, cache)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(folder, **_model_kwargs(cfg))
         return model, AutoTokenizer.from_pretrained(folder), ORIGIN_GGUF, spec.gguf.package.requirement, spec.tokenizer
-    model = AutoModelForCausalLM.from_pretrained(spec.hub_id, dtype=dtype, attn_implementation=cfg.attn_implementation)
+    model = AutoModelForCausalLM.from_pretrained(spec.hub_id, **_model_kwargs(cfg))
     return model, AutoTokenizer.from_pretrained(spec.hub_id), ORIGIN_PRETRAINED, spec.hub_id, spec.hub_id
 
 
