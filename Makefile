@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation results-index notebooks reproduce clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation results-index notebooks reproduce reproduce-sweeps reproduce-all clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -40,7 +40,9 @@ help:
 	@echo "make reproduce-table3  results/table3.{md,csv} and plots: the sweep over k and character-set size (quick: ~80 min)"
 	@echo "make reproduce-ablation  results/quality_ablation.{md,csv}: where the SpeLLM loses accuracy (~2 h)"
 	@echo "make notebooks   execute notebooks/*.ipynb in place on the current results/ (outputs saved)"
-	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile: Tables 1-3, results/README.md, notebooks (~2 h)"
+	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile: teachers, coverage, distil, Tables 1-2, index, notebooks (< 1 h)"
+	@echo "make reproduce-sweeps  Table 3's sweep over k and character-set size, then the index and notebooks (~80 min)"
+	@echo "make reproduce-all  reproduce, then reproduce-sweeps"
 
 setup: $(STAMP)
 
@@ -104,10 +106,17 @@ notebooks: setup
 reproduce-ablation: setup
 	$(PY) -m spellm_exp.ablation
 
-# Table 2 times the distilled quick SpeLLM, so it runs after `distill`; the notebooks show what all wrote
-reproduce: teachers coverage memory-plan distill reproduce-table1 reproduce-table2 reproduce-table3
+# Table 2 times the distilled quick SpeLLM, so it runs after `distill`; the notebooks show what all wrote.
+# Table 3's sweep (~80 min) is its own target: reproduce-sweeps, or reproduce-all for everything.
+reproduce: teachers coverage memory-plan distill reproduce-table1 reproduce-table2
 	$(PY) -m spellm_exp.results_index results
 	$(MAKE) notebooks
+
+reproduce-sweeps: reproduce-table3
+	$(PY) -m spellm_exp.results_index results
+	$(MAKE) notebooks
+
+reproduce-all: reproduce reproduce-sweeps
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,7 +11,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from spellm_exp.models import Teacher, load_teacher  # noqa: E402
+from spellm_exp.config import compose_config, register_configs  # noqa: E402
+from spellm_exp.teachers import Teacher, load_teacher  # noqa: E402
+
+register_configs()  # the typed schemas, before any test composes a config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Converted tokenizers persist between test sessions here (gitignored); the first session builds them.
@@ -35,3 +38,8 @@ def tiny_teacher(cache_dir):
         return loaded[name]
 
     return get
+
+
+def compose_train(*overrides: str):
+    """conf/train.yaml with `overrides`, as `python -m spellm_exp.train` composes it."""
+    return compose_config("train", overrides)

@@ -1,30 +1,352 @@
-"""Typed schemas behind the Hydra config groups, registered before any config is composed."""
+"""Every typed config schema of the project, and their registration in Hydra's ConfigStore.
+
+The dataclasses here are plain Python (no Hydra, no Lightning), so any stage can import them. Each
+command's primary config in `conf/` starts its defaults list with its schema (`train_schema`,
+`bench_schema`, ...), so a bad key or value fails in Hydra's composition with Hydra's own message, before
+anything loads. `register_configs()` stores them; the `cli/` entry points call it at import, and
+`compose_config` calls it for library code (and tests) that compose a config outside a Hydra app.
+"""
 
 from __future__ import annotations
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
 
-from spellm_exp.charset import CharsetConfig
-from spellm_exp.data.datamodule import DataConfig
-from spellm_exp.models.specs import ModelConfig
+# conf/ ships inside the package (package data), so a plain `pip install .` finds it as well as an editable one
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
-CONFIG_PATH = "../../conf"  # the repository's conf/, seen from this package (editable install)
+
+# --- the method --------------------------------------------------------------------------------
+class CharsetKind(str, Enum):
+    chars = "chars"
+    bytes = "bytes"
+    ascii = "ascii"
+
+
+@dataclass
+class CharsetConfig:
+    """The `charset` config group: `kind`, and for `chars` the number of characters N (|Sigma| = N + 2)."""
+
+    kind: CharsetKind = CharsetKind.chars
+    size: int = 64
+
+
+class HeadInit(str, Enum):
+    unembedding_mean = "unembedding_mean"
+    random = "random"
+
+
+# --- teachers ----------------------------------------------------------------------------------
+class Init(str, Enum):
+    pretrained = "pretrained"
+    random = "random"  # the architecture with random weights: for runtime measurement only
+
+
+@dataclass
+class ModelConfig:
+    """The `model` config group (conf/model/*.yaml); Hydra validates overrides against it."""
+
+    name: str = "llama"
+    path: str | None = None  # a local HF folder or a hub id; replaces the built-in source
+    init: Init = Init.pretrained
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"  # sdpa (PyTorch's fused kernels) | eager | flash_attention_2 (if installed)
+    seed: int = 0  # for random init
+    cache_dir: str | None = None  # GGUF conversions and tokenizers; None: ~/.cache/spellm_exp
+
+
+# --- data and training -------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    """The `data` config group."""
+
+    sources: list[str] = field(default_factory=lambda: ["boolq", "hellaswag", "shakespeare"])
+    max_chars_per_source: int | None = None  # None: everything
+    block_size: int = 128
+    batch_size: int = 8
+    val_blocks: int = 32
+    num_workers: int = 0
+    seed: int = 0
+    cache_dir: str | None = None  # tokenized blocks; None: no disk cache
+
+
+class Trainable(str, Enum):
+    heads = "heads"
+    lora = "lora"
+    full = "full"
+
+
+@dataclass
+class TrainConfig:
+    """The `train` node: what trains and how."""
+
+    trainable: Trainable = Trainable.heads
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # cosine decay to this share of lr by trainer.max_steps
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    cache_features: bool = False  # heads only: keep the frozen backbone's outputs on disk for later runs
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 1.0
+    ce_weight: float = 0.0
+    chunk_elements: int = 16_777_216  # teacher logits per chunk (positions x |V|): bounds the loss's memory
+
+    def chunk_positions(self, vocab_size: int) -> int:
+        return max(1, self.chunk_elements // vocab_size)
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_train_steps: int = 50  # Lightning checkpoint (resume) and SpeLLM export
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = "~/.cache/spellm_exp"
+    output_dir: str = "outputs"
+    results_dir: str = "results"
+    features_dir: str = "~/.cache/spellm_exp/features"
+
+
+# --- the commands' primary configs --------------------------------------------------------------
+@dataclass
+class _Command:
+    task_name: str = "run"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class _WithModel(_Command):
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+@dataclass
+class TrainJob(_WithModel):
+    """conf/train.yaml: one distillation run."""
+
+    profile: str = "quick"  # conf/profile/: quick | full (the training keys are in conf/training_profile/)
+    k: int = 16
+    seed: int = 0
+    heads_init: HeadInit = HeadInit.unembedding_mean
+    ckpt_path: str | None = None  # "last": resume from <run folder>/checkpoints/last.ckpt
+    charset: CharsetConfig = field(default_factory=CharsetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    trainer: Any = None  # Lightning Trainer arguments (conf/trainer/), instantiated as they are
+    logger: Any = None  # {name: logger arguments} (conf/logger/)
+
+
+@dataclass
+class SweepEval:
+    tasks: list[str] = field(default_factory=lambda: ["arc_easy", "piqa", "sciq"])
+    limit: int | None = 50  # documents per task; None: all
+    num_fewshot: int = 0
+    batch_size: int = 8
+    score: str = "product"
+
+
+@dataclass
+class SweepConfig:
+    """The `sweep` node of conf/sweep.yaml (the rest of a sweep job's config is train.yaml's)."""
+
+    name: str = "sweep"
+    teacher_eval_dir: str = "outputs/sweeps/sweep/teacher"
+    eval: SweepEval = field(default_factory=SweepEval)
+    bench: dict[str, Any] = field(default_factory=dict)  # bench_schema's keys, checked when the bench composes
+
+
+@dataclass
+class BenchJob(_WithModel):
+    """conf/bench.yaml: decode-step runtime, teacher vs SpeLLM."""
+
+    k: int = 16
+    charset: CharsetConfig = field(default_factory=lambda: CharsetConfig(kind=CharsetKind.bytes))
+    checkpoint: str | None = None
+    device: str = "auto"
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    prompt_tokens: int = 64
+    decode_steps: int = 32
+    warmup: int = 1
+    repeats: int = 3
+    layer_repeats: int = 50
+    decode: str = "free"
+    threads: int | None = None
+    seed: int = 0
+    out_file: str | None = None
+
+
+@dataclass
+class EvalJob(_WithModel):
+    """conf/eval.yaml: the harness on a SpeLLM or a teacher."""
+
+    run_dir: str | None = None
+    variant: str = "spellm"
+    tasks: list[str] = field(default_factory=list)
+    num_fewshot: int = 0
+    limit: int | None = None
+    batch_size: int = 8
+    score: str = "product"
+    decode: str = "free"
+
+
+@dataclass
+class DescribeJob(_WithModel):
+    prompt: str = "The capital of France is"
+    max_new_tokens: int = 12
+
+
+@dataclass
+class CorpusSlice:
+    sources: list[str] = field(default_factory=lambda: ["boolq", "hellaswag", "shakespeare"])
+    max_chars_per_source: int | None = None
+
+
+@dataclass
+class CoverageJob(_Command):
+    tokenizers: list[str] = field(default_factory=list)
+    ks: list[int] = field(default_factory=list)
+    chars_sizes: list[int] = field(default_factory=list)
+    other_charsets: list[str] = field(default_factory=list)
+    corpus: CorpusSlice = field(default_factory=CorpusSlice)
+    out_name: str = "coverage"
+
+
+@dataclass
+class MemoryPlanJob(_Command):
+    architectures: list[str] = field(default_factory=list)
+    k: int = 16
+    sigma: int = 258
+    batch_size: int = 8
+    block_size: int = 1024
+    chunk_elements: int = 16_777_216
+    weights_dtype: str = "float32"
+    fsdp_devices: int = 8
+    out_name: str = "distill_memory"
+
+
+@dataclass
+class BenchDistillJob(_Command):
+    models: list[str] = field(default_factory=list)
+    init: Init = Init.pretrained
+    device: str = "auto"
+    precision: str = "auto"
+    ks: list[int] = field(default_factory=list)
+    charset: CharsetKind = CharsetKind.bytes
+    batch_size: int = 8
+    block_size: int = 128
+    corpus_chars: int = 400_000
+    chunk_elements: int = 16_777_216
+    warmup: int = 2
+    repeats: int = 5
+    out_name: str = "distill_throughput"
+
+
+@dataclass
+class Table1Profile:
+    models: list[str] = field(default_factory=list)
+    limit: int | None = None
+
+
+@dataclass
+class Table1Job(_Command):
+    profile: str = "quick"  # conf/profile/: a key of `profiles`; also the training profile of the SpeLLMs it distils
+    profiles: dict[str, Table1Profile] = field(default_factory=dict)
+    experiments: dict[str, str] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)
+    num_fewshot: int = 0
+    batch_size: int = 8
+    score: str = "product"
+
+
+@dataclass
+class Table2Profile:
+    prompt_tokens: int = 64
+    decode_steps: int = 24
+    warmup: int = 1
+    repeats: int = 3
+
+
+@dataclass
+class Table2Job(_Command):
+    profile: str = "quick"  # conf/profile/: a key of `profiles`
+    device: str = "auto"
+    dtype: str = "auto"
+    run_bench: bool = True
+    bench_dir: str = "results/bench"
+    profiles: dict[str, Table2Profile] = field(default_factory=dict)
+    entries: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Table3Job(_Command):
+    sweep_dir: str = "outputs/sweeps/table3-quick"
+    sweep_command: str = ""
+
+
+@dataclass
+class AblationJob(_Command):
+    experiment: str = "smollm2_k16"
+    train_profile: str = "quick"
+    tasks: list[str] = field(default_factory=list)
+    limit: int | None = 100
+    num_fewshot: int = 0
+    batch_size: int = 8
+    score: str = "product"
+    other_scores: list[str] = field(default_factory=list)
+    variants: dict[str, list[str]] = field(default_factory=dict)
+
+
+COMMAND_SCHEMAS = {"train": TrainJob, "bench": BenchJob, "eval": EvalJob, "describe": DescribeJob,
+                   "coverage": CoverageJob, "memory_plan": MemoryPlanJob, "bench_distill": BenchDistillJob,
+                   "table1": Table1Job, "table2": Table2Job, "table3": Table3Job, "ablation": AblationJob}
 
 
 def register_configs() -> None:
+    """Store every schema: `<command>_schema` for the primary configs, `<group>_schema` for the groups."""
+    from hydra.core.config_store import ConfigStore
+
     store = ConfigStore.instance()
+    for name, schema in COMMAND_SCHEMAS.items():
+        store.store(name=f"{name}_schema", node=schema)
+    store.store(name="sweep_schema", node=SweepConfig, package="sweep")  # sweep.yaml = train.yaml + this node
     store.store(group="model", name="model_schema", node=ModelConfig)
     store.store(group="charset", name="charset_schema", node=CharsetConfig)
     store.store(group="data", name="data_schema", node=DataConfig)
 
 
-def model_config(cfg: DictConfig) -> ModelConfig:
+def compose_config(name: str, overrides: list[str] | tuple[str, ...] = ()):
+    """The config `name` of conf/ with `overrides`, inside a running Hydra app or outside one."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():  # inside a command's own Hydra app: the same conf/
+        return compose(config_name=name, overrides=list(overrides))
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def typed(schema, node):
+    """A config node as its schema's dataclass (defaults filled in, values validated)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+
+
+def model_config(cfg) -> ModelConfig:
     """The typed model config; an unset cache_dir falls back to paths.cache_dir."""
-    model: ModelConfig = OmegaConf.to_object(cfg.model)
+    model: ModelConfig = typed(ModelConfig, cfg.model)
     if model.cache_dir is None and "paths" in cfg:
         model.cache_dir = cfg.paths.cache_dir
     return model
-
-
-register_configs()

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import platform
 import subprocess
+import sys
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -70,3 +71,8 @@ def provenance(config: dict | None = None, device: torch.device | str = "cpu") -
         "versions": {dist: _version(dist) for dist in _VERSIONED},
         "config": config,
     }
+
+
+def command_line(module: str) -> str:
+    """How this process was started, as a user would type it: `python -m <module> <its arguments>`."""
+    return " ".join([f"python -m {module}", *sys.argv[1:]])

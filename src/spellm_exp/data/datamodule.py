@@ -20,30 +20,16 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
 
+from spellm_exp.config import DataConfig
 from spellm_exp.data.corpus import SOURCES, corpus_texts
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DataConfig:
-    """The `data` config group."""
-
-    sources: list[str] = field(default_factory=lambda: list(SOURCES))
-    max_chars_per_source: int | None = None  # None: everything
-    block_size: int = 128
-    batch_size: int = 8
-    val_blocks: int = 32
-    num_workers: int = 0
-    seed: int = 0
-    cache_dir: str | None = None  # tokenized blocks; None: no disk cache
 
 
 def check_data_config(cfg: DataConfig) -> None:

@@ -1,0 +1,237 @@
+"""Decode-step runtime, teacher vs SpeLLM (`python -m spellm_exp.bench model=<teacher> [checkpoint=<run>]`).
+
+Both variants run through the one decode loop (`decoding.generate`) on the same backbone object,
+prompts, device and dtype; only the output head differs. Per batch size: warm-up runs, then timed
+repetitions with teacher and SpeLLM interleaved, a fixed number of decode steps (EOS ignored, so
+random-init models can be timed), and the device synchronised around every timed region. Also the
+output layer alone (teacher head + argmax vs fused char heads + k argmaxes + string -> ids on the
+host), peak memory, and the weight-bytes bound of method.md next to the measured ratio.
+Writes <run folder>/bench.json (and `out_file` when set), with provenance.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from spellm_exp.benchmarks.measure import (
+    BenchConfigError,
+    available_memory_gb,
+    device_clock,
+    nonembedding_params,
+    peak_rise_mb,
+    resolve_device,
+)
+from spellm_exp.config import Init, ModelConfig, model_config
+from spellm_exp.core.charset import SpellingError, TokenSpellings, build_alphabet, check_charset, token_counts
+from spellm_exp.core.decoding import SpeLLMHead, TeacherHead, generate
+from spellm_exp.core.spellm import SpeLLM, checkpoint_folder
+from spellm_exp.data.corpus import corpus_texts
+from spellm_exp.provenance import provenance
+from spellm_exp.teachers import MODELS, ORIGIN_RANDOM, TeacherConfigError, check_model_config, load_teacher
+from spellm_exp.teachers.architectures import REAL_SIZE, meta_model
+from spellm_exp.teachers.loader import DTYPES
+
+log = logging.getLogger(__name__)
+MEMORY_HEADROOM = 1.3  # weights x this must fit: activations, KV cache, allocator slack
+
+
+@dataclass(frozen=True)
+class Bound:
+    p_nonembedding: int
+    vocab_size: int
+    hidden_size: int
+    k: int
+    sigma: int
+
+    @property
+    def ratio(self) -> float:
+        """(P_nonembedding + k |Sigma| d) / (P_nonembedding + |V| d): the decode-step ratio if weight bytes
+        read per step were the whole cost."""
+        return ((self.p_nonembedding + self.k * self.sigma * self.hidden_size)
+                / (self.p_nonembedding + self.vocab_size * self.hidden_size))
+
+
+def check_bench_config(cfg: DictConfig) -> torch.device:
+    """Every check that needs no weights; returns the device to run on."""
+    device = resolve_device(cfg.device)
+    if not cfg.batch_sizes or any(int(b) < 1 for b in cfg.batch_sizes):
+        raise BenchConfigError(f"batch_sizes={list(cfg.batch_sizes)}: every batch size must be >= 1.")
+    for key in ("prompt_tokens", "decode_steps", "repeats", "layer_repeats"):
+        if int(cfg[key]) < 1:
+            raise BenchConfigError(f"{key}={cfg[key]} must be >= 1.")
+    if int(cfg.warmup) < 0:
+        raise BenchConfigError(f"warmup={cfg.warmup} must be >= 0.")
+    try:
+        check_model_config(model_config(cfg))
+        if cfg.checkpoint is None:
+            check_charset(cfg.charset.kind, cfg.charset.size, cfg.k)
+    except (TeacherConfigError, SpellingError) as err:
+        raise BenchConfigError(str(err)) from err
+    if cfg.checkpoint is not None and not checkpoint_folder(cfg.checkpoint):
+        raise BenchConfigError(f"checkpoint={cfg.checkpoint} is not a SpeLLM checkpoint or training run folder; "
+                               "leave checkpoint=null to time heads at init.")
+    return device
+
+
+def weights_gb(model_cfg: ModelConfig) -> float | None:
+    """The weights' size in GB for a built-in architecture, from its config alone (no allocation)."""
+    spec = MODELS.get(model_cfg.name)
+    if spec is None or spec.architecture is None or model_cfg.path:
+        return None
+    model = meta_model(REAL_SIZE[spec.architecture]())
+    return sum(p.numel() for p in model.parameters()) * DTYPES[model_cfg.dtype].itemsize / 2**30
+
+
+def benchmark_prompts(tokenizer, batch_size: int, prompt_tokens: int) -> list[str]:
+    """`batch_size` distinct prompts of about `prompt_tokens` tokens each, from BoolQ passages."""
+    texts = corpus_texts(["boolq"], 200_000)
+    prompts = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) >= prompt_tokens:
+            prompts.append(tokenizer.decode(ids[:prompt_tokens]))
+        if len(prompts) == batch_size:
+            return prompts
+    raise BenchConfigError(f"prompt_tokens={prompt_tokens}: too few passages that long; use a smaller value.")
+
+
+def build_spellm(cfg: DictConfig, device: torch.device) -> tuple[SpeLLM, str]:
+    """The SpeLLM to time, and where its heads come from."""
+    dtype = getattr(torch, model_config(cfg).dtype)
+    if cfg.checkpoint is not None:
+        folder = checkpoint_folder(cfg.checkpoint)
+        spellm, source = SpeLLM.load(folder, teacher_config=model_config(cfg)), f"distilled checkpoint {folder}"
+    else:
+        teacher = load_teacher(model_config(cfg))
+        spellings = TokenSpellings.from_tokenizer(teacher.tokenizer)
+        counts = None
+        if cfg.charset.kind == "chars":  # counted on a slice of the distillation corpus
+            counts = token_counts(teacher.tokenizer, corpus_texts(["boolq", "hellaswag"], 200_000))
+        alphabet = build_alphabet(cfg.charset.kind, cfg.charset.size, spellings, counts)
+        spellm = SpeLLM.build(teacher, alphabet, cfg.k)
+        source = "heads at init (unembedding_mean): timing does not depend on their values"
+    spellm.heads.to(dtype)
+    return spellm.to(device).eval(), source
+
+
+def _time_generate(spellm: SpeLLM, head, prompts: list[str], cfg: DictConfig, clock) -> dict:
+    generation = generate(spellm.causal_lm, spellm.tokenizer, prompts, head, max_new_tokens=cfg.decode_steps + 1,
+                          ignore_eos=True, max_steps=cfg.decode_steps, clock=clock)
+    stats = generation.stats
+    full_steps = [seconds for seconds, asked in stats.step_seconds if asked]
+    return {"prefill_s": stats.prefill_seconds, "decode_s": stats.decode_seconds, "steps": stats.steps,
+            "step_s": statistics.median(full_steps), "head_steps": len(full_steps),
+            "new_chars": stats.new_chars, "new_tokens": stats.new_tokens, "strings": stats.strings,
+            "non_vocab_share": stats.non_vocab_share}
+
+
+def _summarise(runs: list[dict], batch_size: int) -> dict:
+    step = statistics.median(r["step_s"] for r in runs)  # steps that ran the output head
+    chars = sum(r["new_chars"] for r in runs)
+    tokens = sum(r["new_tokens"] for r in runs)
+    steps = sum(r["steps"] for r in runs)
+    seconds = sum(r["decode_s"] for r in runs)
+    return {"prefill_ms": 1e3 * statistics.median(r["prefill_s"] for r in runs), "step_ms": 1e3 * step,
+            "chars_per_step": chars / (steps * batch_size), "chars_per_s": chars / seconds,
+            "tokens_per_s": tokens / seconds, "non_vocab_share": statistics.mean(r["non_vocab_share"] for r in runs),
+            "runs": runs}
+
+
+def time_output_layers(teacher_head: TeacherHead, spellm_head: SpeLLMHead, hidden: torch.Tensor, repeats: int,
+                       clock) -> dict:
+    """Median ms of the output layer alone on the same hidden states, and of its host part for the SpeLLM."""
+    def median_ms(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = clock()
+            fn()
+            times.append(clock() - start)
+        return 1e3 * statistics.median(times)
+
+    symbols = spellm_head.symbols(hidden)
+    return {"teacher_ms": median_ms(lambda: teacher_head.propose(hidden)),
+            "spellm_ms": median_ms(lambda: spellm_head.propose(hidden)),
+            "spellm_device_ms": median_ms(lambda: spellm_head.symbols(hidden)),
+            "spellm_host_ms": median_ms(lambda: spellm_head.strings(symbols))}
+
+
+@torch.inference_mode()
+def bench_batch(spellm: SpeLLM, prompts: list[str], cfg: DictConfig, device: torch.device) -> dict:
+    """Teacher vs SpeLLM on one batch of prompts (its size is the batch size)."""
+    clock = device_clock(device)
+    batch_size = len(prompts)
+    heads = {"teacher": TeacherHead(spellm.causal_lm, spellm.spelling.spellings),
+             "spellm": SpeLLMHead(spellm, cfg.decode)}
+    runs = {name: [] for name in heads}
+    for repeat in range(cfg.warmup + cfg.repeats):
+        for name, head in heads.items():  # interleaved, so both see the same machine state
+            run = _time_generate(spellm, head, prompts, cfg, clock)
+            if repeat >= cfg.warmup:
+                runs[name].append(run)
+    result = {"batch_size": batch_size, **{name: _summarise(r, batch_size) for name, r in runs.items()}}
+    for name, head in heads.items():
+        result[name]["peak_memory_mb"] = peak_rise_mb(
+            lambda head=head: generate(spellm.causal_lm, spellm.tokenizer, prompts, head,
+                                       max_new_tokens=cfg.decode_steps + 1, ignore_eos=True,
+                                       max_steps=cfg.decode_steps), device)
+    hidden = torch.randn(batch_size, spellm.info.hidden_size, device=device, dtype=spellm.heads.weight.dtype)
+    layers = time_output_layers(heads["teacher"], heads["spellm"], hidden, cfg.layer_repeats, clock)
+    layers["host_share_of_spellm_step"] = layers["spellm_host_ms"] / result["spellm"]["step_ms"]
+    result["output_layer"] = layers
+    result["step_ratio"] = result["spellm"]["step_ms"] / result["teacher"]["step_ms"]
+    return result
+
+
+def skip_reason(cfg: DictConfig, device: torch.device) -> str | None:
+    """Why this model cannot be timed here (its weights do not fit), or None."""
+    needed = weights_gb(model_config(cfg))
+    if needed is None:
+        return None
+    available = available_memory_gb(device)
+    if needed * MEMORY_HEADROOM > available:
+        return (f"needs {needed:.1f} GB of {model_config(cfg).dtype} weights (x{MEMORY_HEADROOM} headroom), "
+                f"{available:.1f} GB available on {device.type}")
+    return None
+
+
+def run_bench(cfg: DictConfig) -> dict:
+    """Benchmark as `cfg` says; returns the record written to bench.json."""
+    device = check_bench_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    record = {"provenance": provenance(OmegaConf.to_container(cfg, resolve=True), device),
+              "model": cfg.model.name, "description": MODELS[cfg.model.name].description if cfg.model.name in MODELS
+              else cfg.model.path, "init": ORIGIN_RANDOM if Init(cfg.model.init) is Init.random else "pretrained", "dtype": cfg.model.dtype,
+              "device": device.type, "threads": torch.get_num_threads()}
+    reason = skip_reason(cfg, device)
+    if reason is not None:
+        log.warning("skipping %s: %s", cfg.model.name, reason)
+        return {**record, "skipped": reason}
+    torch.manual_seed(cfg.seed)
+    spellm, source = build_spellm(cfg, device)
+    bound = Bound(nonembedding_params(spellm.causal_lm), spellm.info.vocab_size, spellm.info.hidden_size,
+                  spellm.k, spellm.alphabet.size)
+    record.update({
+        "init": spellm.info.origin,
+        "teacher": spellm.info.as_dict(),
+        "spellm": {"heads": source, "k": spellm.k, "sigma": spellm.alphabet.size,
+                   "alphabet": f"{spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}", "decode": cfg.decode},
+        "bound": {**bound.__dict__, "ratio": bound.ratio},
+        "settings": {key: OmegaConf.to_container(cfg, resolve=True)[key] for key in
+                     ("prompt_tokens", "decode_steps", "warmup", "repeats", "layer_repeats")},
+        "batches": [],
+    })
+    prompts = benchmark_prompts(spellm.tokenizer, max(int(b) for b in cfg.batch_sizes), cfg.prompt_tokens)
+    for batch_size in cfg.batch_sizes:
+        result = bench_batch(spellm, prompts[: int(batch_size)], cfg, device)
+        log.info("%s batch %d: step teacher %.2f ms, SpeLLM %.2f ms, ratio %.3f (bound %.3f)", cfg.model.name,
+                 batch_size, result["teacher"]["step_ms"], result["spellm"]["step_ms"], result["step_ratio"],
+                 bound.ratio)
+        record["batches"].append(result)
+    return record

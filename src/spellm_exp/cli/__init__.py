@@ -1,0 +1,36 @@
+"""The commands: thin Hydra entry points (`python -m spellm_exp.<command>`, or the `spellm-*` console scripts).
+
+Nothing imports a module of this folder; each one only reads its config, calls the library and turns the
+library's config errors into a one-line message. What they share is here.
+"""
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from spellm_exp.config import register_configs
+from spellm_exp.provenance import command_line
+
+register_configs()  # before any entry point composes its config
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def exit_on(*errors: type[Exception]) -> Iterator[None]:
+    """Bad input ends the command with a one-line message naming the fix (exit status 1), not a traceback."""
+    try:
+        yield
+    except errors as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def write_as_command(write: Callable[[DictConfig, str], list[Path]], cfg: DictConfig, module: str,
+                     errors: tuple[type[Exception], ...] = (ValueError,)) -> None:
+    """Run a table builder as the command `python -m <module>`, and log the files it wrote."""
+    with exit_on(*errors):
+        paths = write(cfg, command_line(module))
+    for path in paths:
+        log.info("wrote %s", path)

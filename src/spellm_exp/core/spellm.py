@@ -1,0 +1,202 @@
+"""SpeLLM = a teacher's backbone + k character heads on its final normed hidden state.
+
+The teacher's own head (unembedding, plus any final soft-capping) stays in place and can run
+on the same backbone pass, which distillation needs. Neither the unembedding nor a tied input
+embedding is modified: the heads only read them at init.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from spellm_exp.config import HeadInit, ModelConfig
+from spellm_exp.core.backbone import run_backbone, teacher_head
+from spellm_exp.core.charset import Alphabet, SpellingError, SpellingTable, TokenSpellings
+from spellm_exp.core.heads import CharHeads
+from spellm_exp.core.losses import head_marginals, spelling_matrix
+from spellm_exp.core.scoring import score_requests
+from spellm_exp.teachers import Teacher, load_teacher
+
+FORMAT_VERSION = 1
+META_FILE, HEADS_FILE, BACKBONE_FILE = "spellm.json", "heads.safetensors", "backbone.safetensors"
+LORA_FOLDER = "lora"
+
+
+class CheckpointError(ValueError):
+    """A SpeLLM checkpoint that does not fit the teacher, tokenizer or alphabet it is loaded with."""
+
+
+@dataclass
+class SpeLLMOutput:
+    log_probs: torch.Tensor  # [batch, time, k, |Sigma|], fp32
+    teacher_logits: torch.Tensor | None  # [batch, time, |V|], when asked for
+    hidden: torch.Tensor  # [batch, time, d], the final normed hidden state
+    past_key_values: object | None
+
+
+class SpeLLM(nn.Module):
+    def __init__(self, teacher: Teacher, spelling: SpellingTable, heads: CharHeads):
+        super().__init__()
+        self.causal_lm = teacher.model
+        self.heads = heads
+        self.tokenizer, self.info, self.spelling = teacher.tokenizer, teacher.info, spelling
+        self.teacher_config = teacher.config
+        # device copies of the table, for the loss, scoring and decoding (spelling.* stay on the CPU)
+        self.register_buffer("spelling_table", spelling.table, persistent=False)
+        self.register_buffer("spellable", spelling.spellable, persistent=False)
+        self._marginal_matrix: torch.Tensor | None = None  # built on first use of teacher_marginal_log_probs
+
+    @classmethod
+    def build(cls, teacher: Teacher, alphabet: Alphabet, k: int, init: HeadInit | str = HeadInit.unembedding_mean,
+              seed: int = 0) -> SpeLLM:
+        spelling = _pad_table(SpellingTable(TokenSpellings.from_tokenizer(teacher.tokenizer), alphabet, k),
+                              teacher.info.vocab_size)
+        unembedding = teacher.model.get_output_embeddings().weight
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            heads = CharHeads(k, alphabet.size, unembedding.shape[1], dtype=unembedding.dtype)
+        if HeadInit(init) is HeadInit.unembedding_mean:
+            heads.init_from_unembedding(unembedding.detach(), spelling)
+        return cls(teacher, spelling, heads)
+
+    @property
+    def k(self) -> int:
+        return self.heads.k
+
+    @property
+    def alphabet(self) -> Alphabet:
+        return self.spelling.alphabet
+
+    # --- the forward pass -------------------------------------------------------------------
+    def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
+        return run_backbone(self.causal_lm, input_ids, attention_mask, position_ids, past_key_values, use_cache)
+
+    def teacher_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The teacher's own output layer, exactly as its CausalLM applies it."""
+        return teacher_head(self.causal_lm, hidden)
+
+    def head_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.heads(hidden).float(), dim=-1)
+
+    def teacher_marginal_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log q_i: the teacher's own per-head marginals, i.e. what perfectly distilled heads would output.
+
+        Scoring with these instead of the heads measures the factorisation's ceiling, apart from
+        how well the heads learned it. [n, d] -> [n, k, |Sigma|].
+        """
+        if self._marginal_matrix is None:
+            self._marginal_matrix = spelling_matrix(self.spelling_table, self.alphabet.size)
+        targets = head_marginals(self.teacher_logits(hidden), self.spelling_table, self.spellable,
+                                 self.alphabet.size, matrix=self._marginal_matrix)
+        return targets.marginals.clamp(min=1e-30).log()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                return_teacher_logits: bool = False, **backbone_kwargs) -> SpeLLMOutput:
+        hidden, past = self.backbone(input_ids, attention_mask, **backbone_kwargs)
+        teacher = self.teacher_logits(hidden) if return_teacher_logits else None
+        return SpeLLMOutput(self.head_log_probs(hidden), teacher, hidden, past)
+
+    def score(self, context: str, continuation: str, mode: str = "product"):
+        """log p_S(continuation | context) and is_greedy (see scoring.py)."""
+        return score_requests(self, [(context, continuation)], mode=mode)[0]
+
+    # --- save / load ------------------------------------------------------------------------
+    def save(self, folder: str | Path, backbone_trained: bool = False, peft_model=None) -> Path:
+        """Heads, alphabet, spelling-table hash and the teacher reference, plus the backbone when it
+        trained: its weights (`backbone_trained`), or only its LoRA adapters (`peft_model`)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({"weight": self.heads.weight.detach().contiguous(),
+                   "bias": self.heads.bias.detach().contiguous()}, folder / HEADS_FILE)
+        if peft_model is not None:
+            peft_model.save_pretrained(folder / LORA_FOLDER)
+        elif backbone_trained:
+            state = {name: p.detach().contiguous() for name, p in self.causal_lm.named_parameters()}
+            save_file(state, folder / BACKBONE_FILE)  # named_parameters lists tied weights once
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "k": self.k,
+            "alphabet": self.alphabet.to_json(),
+            "spelling_fingerprint": self.spelling.fingerprint(),
+            "vocab_size": self.spelling.vocab_size,
+            "teacher": {"config": model_config_dict(self.teacher_config), "info": self.info.as_dict()},
+            "backbone": "lora" if peft_model is not None else "trained" if backbone_trained else "frozen",
+        }
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, teacher_config: ModelConfig | None = None,
+             alphabet: Alphabet | None = None, cache_dir: str | None = None) -> SpeLLM:
+        """Rebuild a saved SpeLLM; `teacher_config` replaces the saved teacher reference."""
+        folder = Path(folder)
+        if not (folder / META_FILE).exists():
+            raise CheckpointError(f"{folder} is not a SpeLLM checkpoint: {META_FILE} is missing.")
+        meta = json.loads((folder / META_FILE).read_text())
+        saved_alphabet = Alphabet.from_json(meta["alphabet"])
+        if alphabet is not None and alphabet != saved_alphabet:
+            raise CheckpointError(
+                f"The checkpoint's alphabet ({_describe(saved_alphabet)}) differs from the one asked for "
+                f"({_describe(alphabet)}); drop the charset override or distil new heads.")
+        config = teacher_config or ModelConfig(**meta["teacher"]["config"])
+        if cache_dir is not None:
+            config.cache_dir = cache_dir
+        teacher = load_teacher(config)
+        spelling = _pad_table(SpellingTable(TokenSpellings.from_tokenizer(teacher.tokenizer), saved_alphabet,
+                                            meta["k"]), teacher.info.vocab_size)
+        if spelling.fingerprint() != meta["spelling_fingerprint"]:
+            raise CheckpointError(
+                f"The checkpoint's spelling table (k={meta['k']}, {_describe(saved_alphabet)}, "
+                f"|V|={meta['vocab_size']:,}, teacher '{meta['teacher']['config']['name']}') does not match "
+                f"the tokenizer of teacher '{config.name}' (|V|={spelling.vocab_size:,}). Load it with the "
+                f"teacher it was distilled from, or distil new heads for this teacher.")
+        tensors = load_file(folder / HEADS_FILE)
+        heads = CharHeads(meta["k"], saved_alphabet.size, teacher.info.hidden_size, dtype=tensors["weight"].dtype)
+        heads.load_state_dict(tensors)
+        if (folder / BACKBONE_FILE).exists():
+            teacher.model.load_state_dict(load_file(folder / BACKBONE_FILE), strict=False)
+        if (folder / LORA_FOLDER).exists():
+            from peft import PeftModel
+
+            teacher.model = PeftModel.from_pretrained(teacher.model, folder / LORA_FOLDER).merge_and_unload()
+        return cls(teacher, spelling, heads)
+
+
+def checkpoint_folder(path: str | Path) -> Path | None:
+    """The SpeLLM checkpoint at `path`, or in the `spellm/` subfolder of a training run; None if neither."""
+    for candidate in (Path(path) / "spellm", Path(path)):
+        if (candidate / META_FILE).exists():
+            return candidate
+    return None
+
+
+def _pad_table(spelling: SpellingTable, vocab_size: int) -> SpellingTable:
+    """Extend the table to the model's (possibly padded) embedding size: the extra ids never spell."""
+    extra = vocab_size - spelling.vocab_size
+    if extra == 0:
+        return spelling
+    if extra < 0:
+        raise SpellingError(f"The tokenizer has {spelling.vocab_size:,} ids but the model only {vocab_size:,}.")
+    spelling.table = torch.cat([spelling.table, torch.zeros(extra, spelling.k, dtype=torch.long)])
+    spelling.lengths = torch.cat([spelling.lengths, torch.zeros(extra, dtype=torch.long)])
+    spelling.spellable = spelling.lengths > 0
+    return spelling
+
+
+def model_config_dict(config: ModelConfig) -> dict:
+    """A teacher config as plain JSON data."""
+    data = asdict(config)
+    data["init"] = getattr(data["init"], "value", data["init"])
+    return data
+
+
+def _describe(alphabet: Alphabet) -> str:
+    return f"charset {alphabet.kind.value} with {len(alphabet.units)} characters"

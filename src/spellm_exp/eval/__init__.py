@@ -1,1 +1,0 @@
-"""Evaluation with lm-evaluation-harness: the model wrapper and the offline task definitions."""

@@ -1,0 +1,84 @@
+"""An evaluation run: the harness on a SpeLLM or a teacher, written as results.json (the harness's own),
+samples.jsonl (per-document scores) and metrics.csv, with provenance; or read back when it was already
+written with the same settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lm_eval
+import pandas as pd
+from lm_eval.tasks import TaskManager
+from omegaconf import DictConfig
+
+from spellm_exp.config import model_config
+from spellm_exp.evaluation.harness import SpeLLMEvalError, SpeLLMHarnessLM
+from spellm_exp.evaluation.tasks import write_task_yamls
+from spellm_exp.provenance import provenance
+from spellm_exp.teachers import load_teacher
+
+log = logging.getLogger(__name__)
+
+
+def flat_metrics(results: dict) -> pd.DataFrame:
+    """The harness's results as rows of (task, metric, value, stderr)."""
+    rows = []
+    for task, metrics in results["results"].items():
+        for key, value in metrics.items():
+            if not isinstance(value, (int, float)) or "_stderr" in key or key == "alias":
+                continue
+            metric, _, filter_name = key.partition(",")
+            stderr = metrics.get(f"{metric}_stderr,{filter_name}")
+            rows.append({"task": task, "metric": metric, "value": float(value),
+                         "stderr": float(stderr) if isinstance(stderr, (int, float)) else None})
+    return pd.DataFrame(rows)
+
+
+def evaluate_lm(lm: SpeLLMHarnessLM, tasks: list[str], out_dir: Path, num_fewshot: int = 0,
+                limit: int | None = None, config: dict | None = None) -> dict:
+    """Run the harness on `tasks` and write results.json, samples.jsonl, metrics.csv into `out_dir`."""
+    started = provenance(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task_manager = TaskManager(include_path=str(write_task_yamls(out_dir / "tasks", tasks)), include_defaults=False)
+    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, num_fewshot=num_fewshot,
+                                      limit=limit, log_samples=True, bootstrap_iters=1000)
+    samples = results.pop("samples")
+    with (out_dir / "samples.jsonl").open("w") as out:
+        for task, docs in samples.items():
+            for doc in docs:
+                out.write(json.dumps({"task": task, "doc_id": doc["doc_id"],
+                                      **{k: doc[k] for k in ("acc", "acc_norm") if k in doc}}) + "\n")
+    results["spellm_exp"] = {"variant": lm.variant, "segmentation_failures": lm.failures,
+                             "provenance": started}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    flat_metrics(results).to_csv(out_dir / "metrics.csv", index=False)
+    log.info("wrote %s", out_dir)
+    return results
+
+
+def evaluate_or_reuse(lm: SpeLLMHarnessLM, tasks: list[str], out_dir: Path, num_fewshot: int, limit: int | None,
+                      identity: dict | None = None, config: dict | None = None) -> dict:
+    """The harness's results in `out_dir`: read back when they were written with the same settings (tasks,
+    limit, shots, scoring mode, and `identity`: whatever else decides the scores, such as the model and the
+    code; kept in their provenance next to `config`), else evaluated now."""
+    settings = {"tasks": list(tasks), "limit": limit, "num_fewshot": num_fewshot, "score": lm.score_mode,
+                **(identity or {})}
+    done = out_dir / "results.json"
+    if done.exists():
+        stored = json.loads(done.read_text())
+        if stored["spellm_exp"]["provenance"]["config"].get("settings") == settings:
+            log.info("reusing %s", out_dir)
+            return stored["results"]
+    return evaluate_lm(lm, tasks, out_dir, num_fewshot, limit, {**(config or {}), "settings": settings})["results"]
+
+
+def build_lm(cfg: DictConfig) -> SpeLLMHarnessLM:
+    """The harness model of conf/eval.yaml: a training run's SpeLLM (or its teacher), or a teacher by name."""
+    common = dict(batch_size=cfg.batch_size, score=cfg.score, decode_mode=cfg.decode, cache_dir=cfg.paths.cache_dir)
+    if cfg.run_dir:
+        return SpeLLMHarnessLM(checkpoint=cfg.run_dir, variant=cfg.variant, **common)
+    if cfg.variant != "teacher":
+        raise SpeLLMEvalError("variant=spellm needs run_dir=<training run or SpeLLM checkpoint folder>.")
+    return SpeLLMHarnessLM(variant="teacher", teacher=load_teacher(model_config(cfg)), **common)

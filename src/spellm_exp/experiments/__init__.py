@@ -1,0 +1,1 @@
+"""Experiments over many SpeLLMs: sweeps and ablations, their job records, and reuse / resume / distil."""

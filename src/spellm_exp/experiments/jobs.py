@@ -1,0 +1,47 @@
+"""Job records of a sweep: `job.json` holds a job's fingerprint (its config and the code), status and metrics,
+so a re-run skips what finished, goes on with what did not, and starts over where anything changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from spellm_exp.provenance import code_version
+
+JOB_FILE, BENCH_FILE, EVAL_FOLDER = "job.json", "bench.json", "eval"
+# what a job writes; removed when a job starts over
+JOB_OUTPUTS = ("summary.json", "spellm", "checkpoints", "csv", EVAL_FOLDER, BENCH_FILE, "wandb", JOB_FILE)
+# where things go or how they are logged is not what a job is
+_NOT_IDENTITY = ("paths", "logger", "ckpt_path")
+
+
+def job_fingerprint(cfg: DictConfig) -> dict:
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NOT_IDENTITY:
+        config.pop(key, None)
+    config.get("trainer", {}).pop("enable_progress_bar", None)
+    return {"config": config, "code": code_version()}
+
+
+def read_job(job_dir: Path) -> dict | None:
+    path = job_dir / JOB_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_job(job_dir: Path, record: dict) -> None:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    tmp = job_dir / f"{JOB_FILE}.partial"
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.rename(job_dir / JOB_FILE)
+
+
+def start_over(job_dir: Path) -> None:
+    for name in JOB_OUTPUTS:
+        path = job_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()

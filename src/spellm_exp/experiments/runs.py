@@ -1,0 +1,45 @@
+"""One way to get a distilled SpeLLM: reuse a finished run, else resume an interrupted one, else distil it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from spellm_exp.config import compose_config
+from spellm_exp.core.spellm import META_FILE
+from spellm_exp.training.distill import distil
+
+log = logging.getLogger(__name__)
+SUMMARY_FILE = "summary.json"
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / SUMMARY_FILE).exists() and (run_dir / "spellm" / META_FILE).exists()
+
+
+def reuse_resume_or_distil(cfg: DictConfig, run_dir: Path) -> dict:
+    """The training summary of the run in `run_dir`: read back when it finished, else distilled now as `cfg`
+    says, going on from its last checkpoint when an earlier attempt was interrupted."""
+    if is_finished(run_dir):
+        log.info("reusing %s", run_dir)
+        return json.loads((run_dir / SUMMARY_FILE).read_text())
+    if (run_dir / "checkpoints" / "last.ckpt").exists():
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.ckpt_path = "last"
+    log.info("distilling into %s", run_dir)
+    return distil(cfg, run_dir)
+
+
+def trained_run(experiment: str, train_profile: str, output_dir: str, cache_dir: str,
+                extra_overrides: tuple[str, ...] = (), suffix: str = "") -> Path:
+    """The run folder of `experiment` under the training profile `train_profile` (plus `extra_overrides`,
+    named by `suffix`), reused, resumed or distilled."""
+    run_dir = Path(output_dir) / "train" / f"{experiment}_{train_profile}{suffix}"
+    overrides = [f"experiment={experiment}", f"profile={train_profile}", f"paths.cache_dir={cache_dir}",
+                 *extra_overrides]
+    reuse_resume_or_distil(compose_config("train", overrides), run_dir)
+    return run_dir

@@ -1,0 +1,1 @@
+"""Results: the table writer, the results index, and the builder of each table and plot."""

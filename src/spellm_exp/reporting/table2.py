@@ -1,0 +1,176 @@
+"""Table 2, decode-step runtime (`python -m spellm_exp.table2 [profile=quick|full] [run_bench=false]`).
+
+Runs the decode bench (benchmarks.decode) for each entry of conf/table2.yaml (the real teachers, then the real-size
+random-init architectures) and keeps each record as results/bench/<device>/<entry>.json; then
+builds results/table2.{md,csv} and results/table2.png from every record under results/bench/,
+so runs from another machine (a GPU) join the table as rows of their own device. A ratio is only
+ever taken between teacher and SpeLLM timed side by side in one run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from spellm_exp.benchmarks.decode import run_bench
+from spellm_exp.benchmarks.measure import BenchConfigError, resolve_device
+from spellm_exp.config import compose_config
+from spellm_exp.provenance import provenance
+from spellm_exp.reporting.tables import write_table
+from spellm_exp.teachers import ORIGIN_RANDOM
+
+log = logging.getLogger(__name__)
+
+
+def device_slug(record: dict) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", record["provenance"]["device"].lower()).strip("-")
+
+
+def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(readable rows, tidy rows) from bench records: one row per record and batch size."""
+    rows, tidy = [], []
+    for record in sorted(records, key=_order):
+        base = {"model": record.get("teacher", {}).get("description", record.get("description", record["model"])),
+                "init": record["init"],
+                "device": record["provenance"]["device"], "dtype": record["dtype"]}
+        if "skipped" in record:
+            rows.append({**base, "batch": "", "note": f"skipped: {record['skipped']}"})
+            continue
+        for batch in record["batches"]:
+            teacher, spellm, layer = batch["teacher"], batch["spellm"], batch["output_layer"]
+            row = {**base, "batch": batch["batch_size"],
+                   "SpeLLM": f"k={record['spellm']['k']} {record['spellm']['alphabet']}",
+                   "step ms teacher": teacher["step_ms"], "step ms SpeLLM": spellm["step_ms"],
+                   "measured ratio": batch["step_ratio"], "bound": record["bound"]["ratio"],
+                   "reduction %": 100 * (1 - batch["step_ratio"]),
+                   "chars/step teacher": teacher["chars_per_step"], "chars/step SpeLLM": spellm["chars_per_step"],
+                   "chars/s teacher": teacher["chars_per_s"], "chars/s SpeLLM": spellm["chars_per_s"],
+                   "string->ids % of step": 100 * layer["host_share_of_spellm_step"],
+                   "note": "distilled heads" if record["spellm"]["heads"].startswith("distilled") else "heads at init"}
+            rows.append(row)
+            tidy.append({**base, "batch": batch["batch_size"], "k": record["spellm"]["k"],
+                         "sigma": record["spellm"]["sigma"], "teacher_step_ms": teacher["step_ms"],
+                         "spellm_step_ms": spellm["step_ms"], "teacher_prefill_ms": teacher["prefill_ms"],
+                         "spellm_prefill_ms": spellm["prefill_ms"], "ratio": batch["step_ratio"],
+                         "bound": record["bound"]["ratio"], "teacher_chars_per_s": teacher["chars_per_s"],
+                         "spellm_chars_per_s": spellm["chars_per_s"], "teacher_tokens_per_s": teacher["tokens_per_s"],
+                         "spellm_tokens_per_s": spellm["tokens_per_s"],
+                         "spellm_chars_per_step": spellm["chars_per_step"],
+                         "teacher_chars_per_step": teacher["chars_per_step"],
+                         "spellm_non_vocab_share": spellm["non_vocab_share"],
+                         "teacher_peak_mb": teacher["peak_memory_mb"], "spellm_peak_mb": spellm["peak_memory_mb"],
+                         "teacher_output_layer_ms": layer["teacher_ms"], "spellm_output_layer_ms": layer["spellm_ms"],
+                         "spellm_host_ms": layer["spellm_host_ms"],
+                         "host_share_of_spellm_step": layer["host_share_of_spellm_step"],
+                         "heads": record["spellm"]["heads"], "git_sha": record["provenance"]["git_sha"],
+                         "date": record["provenance"]["date"]})
+    return pd.DataFrame(rows).astype(object).fillna(""), pd.DataFrame(tidy)
+
+
+def _order(record: dict) -> tuple:
+    """Per device: the real teachers first, then by size; skipped records last."""
+    teacher = record.get("teacher", {})
+    return (record["provenance"]["device"], "skipped" in record, record["init"] == ORIGIN_RANDOM,
+            teacher.get("n_params", 0), record["model"])
+
+
+def average_reductions(tidy: pd.DataFrame) -> dict[str, float]:
+    """Mean decode-step reduction (%) over the random-init architectures at batch 1, per device."""
+    if tidy.empty:
+        return {}
+    chosen = tidy[(tidy["init"] == ORIGIN_RANDOM) & (tidy["batch"] == 1)]
+    return {device: float(100 * (1 - group["ratio"]).mean()) for device, group in chosen.groupby("device")}
+
+
+def plot(tidy: pd.DataFrame, path: Path) -> None:
+    """Measured decode-step ratio vs the weight-bytes bound, per model and batch, one panel per device."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = sorted(tidy["device"].unique())
+    width = max(9.0, 1.5 * max((tidy["device"] == d).sum() for d in devices))
+    fig, axes = plt.subplots(len(devices), 1, figsize=(width, 3.8 * len(devices)), squeeze=False)
+    for ax, device in zip(axes[:, 0], devices):
+        rows = tidy[tidy["device"] == device].reset_index(drop=True)
+        labels = [f"{m}\n{d}, b={b}" for m, d, b in zip(rows["model"], rows["dtype"], rows["batch"])]
+        x = range(len(rows))
+        ax.bar([i - 0.2 for i in x], rows["ratio"], width=0.4, label="measured")
+        ax.bar([i + 0.2 for i in x], rows["bound"], width=0.4, label="weight-bytes bound")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xticks(list(x), labels, fontsize=7, rotation=20, ha="right")
+        ax.set_ylim(0, 1.25)
+        ax.set_ylabel("SpeLLM / teacher step")
+        ax.set_title(device, fontsize=9)
+        ax.legend(fontsize=8, loc="upper left", ncols=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def bench_entries(cfg: DictConfig) -> None:
+    """Run every entry's bench and keep its record under bench_dir/<device>/<entry>.json."""
+    device = resolve_device(cfg.device)
+    profile = cfg.profiles[cfg.profile]
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    for name, overrides in cfg.entries.items():
+        overrides = [*overrides, f"device={device.type}", f"model.dtype={dtype}", f"paths.cache_dir={cfg.paths.cache_dir}",
+                     *(f"{key}={value}" for key, value in profile.items())]
+        checkpoint = next((o.split("=", 1)[1] for o in overrides if o.startswith("checkpoint=")), None)
+        if checkpoint is not None and not Path(checkpoint).exists():
+            log.warning("%s: no checkpoint at %s; timing heads at init", name, checkpoint)
+            overrides = [o for o in overrides if not o.startswith("checkpoint=")]
+        record = run_bench(compose_config("bench", overrides))
+        path = Path(cfg.bench_dir) / device_slug(record) / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2, default=str))
+        log.info("wrote %s", path)
+
+
+def load_records(bench_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(bench_dir).glob("*/*.json"))]
+
+
+def write_table2(cfg: DictConfig, command: str) -> list[Path]:
+    """Bench every entry (unless `run_bench=false`), then the table and plot from every kept record."""
+    if cfg.profile not in cfg.profiles:
+        raise BenchConfigError(f"profile={cfg.profile} is unknown; use one of {list(cfg.profiles)}.")
+    started = provenance(OmegaConf.to_container(cfg, resolve=True), resolve_device(cfg.device))
+    if cfg.run_bench:
+        bench_entries(cfg)
+    records = load_records(Path(cfg.bench_dir))
+    if not records:
+        raise BenchConfigError(f"no bench records under {cfg.bench_dir}; run with run_bench=true first.")
+    shown, tidy = table_frames(records)
+    Path(cfg.paths.results_dir).mkdir(parents=True, exist_ok=True)
+    plot(tidy, Path(cfg.paths.results_dir) / "table2.png")
+    averages = average_reductions(tidy)
+    settings = {json.dumps(r.get("settings", {}), sort_keys=True) for r in records if "settings" in r}
+    notes = [
+        "Teacher and SpeLLM decode through the same loop (`decoding.generate`) on the same backbone object, prompts, "
+        "device, dtype and batch, interleaved after warm-up; greedy, EOS ignored, a fixed number of backbone steps. "
+        "step ms: median time of a decode step that runs the output head (backbone step + head + host work).",
+        "measured ratio = SpeLLM step / teacher step, both from the same run; bound = (P_nonembedding + k |Sigma| d) "
+        "/ (P_nonembedding + |V| d), the weight-bytes bound of method.md; reduction % = 100 (1 - measured ratio).",
+        "string->ids % of step: host time turning the heads' symbols into a string and input ids, over the SpeLLM step.",
+        "chars/step and chars/s: output characters per decode step and row, and per second over the batch. They depend "
+        "on what the heads emit: a string that is not one vocabulary token is fed back as several ids, one per step, "
+        "and quickly distilled or random heads emit shorter strings than the teacher's tokens.",
+        "SmolLM2 and Gemma-3-270M are the real teachers (dequantised GGUF weights; SmolLM2 with its distilled quick "
+        "SpeLLM when one exists). The other rows are real-size architectures with random weights and heads at init: "
+        "they measure speed, not quality.",
+        "Average reduction over the random-init architectures at batch 1, per device: "
+        + ", ".join(f"{device}: {value:.1f}%" for device, value in averages.items()) + " (paper: 5.1%).",
+        f"Bench settings: {sorted(settings)}; records written at git SHAs "
+        f"{sorted({r['provenance']['git_sha'][:12] for r in records})}.",
+        "Per-record details (prefill, tokens/s, peak memory, output-layer times, provenance) are in "
+        "`results/bench/<device>/*.json` and `table2.csv`.",
+    ]
+    return write_table(cfg.paths.results_dir, "table2", "Table 2: decode-step runtime, teacher vs SpeLLM", command,
+                       tidy, [("Decode step", shown)], notes + ["Plot: `table2.png` (measured ratio vs bound)."], started)

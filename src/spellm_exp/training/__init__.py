@@ -1,0 +1,1 @@
+"""Distillation with Lightning: the LightningModule, callbacks, multi-device helpers, loggers, and the run."""

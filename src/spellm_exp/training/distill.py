@@ -1,0 +1,164 @@
+"""A distillation run: check the config, build the Lightning Trainer, distil a SpeLLM, write its summary.
+
+`distil(cfg, run_dir)` is what `python -m spellm_exp.train` runs, and what the experiments call for each
+SpeLLM they need.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from spellm_exp.config import (
+    CharsetConfig,
+    DataConfig,
+    HeadInit,
+    LossConfig,
+    Trainable,
+    TrainConfig,
+    model_config,
+    typed,
+)
+from spellm_exp.core.charset import SpellingError, TokenSpellings, build_alphabet, check_charset
+from spellm_exp.core.spellm import SpeLLM, model_config_dict
+from spellm_exp.data.datamodule import DistillDataModule, check_data_config
+from spellm_exp.data.features import FeatureStore, feature_key
+from spellm_exp.provenance import provenance
+from spellm_exp.teachers import TeacherConfigError, check_model_config, load_teacher
+from spellm_exp.training.callbacks import ReplicaCheck, SpeLLMExport
+from spellm_exp.training.distributed import check_launch
+from spellm_exp.training.loggers import build_loggers
+from spellm_exp.training.module import DistillModule
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A run config that cannot work; raised before anything heavy loads."""
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Every check that needs no weights, so a bad override fails in a second, not after loading."""
+    try:
+        charset: CharsetConfig = typed(CharsetConfig, cfg.charset)
+        check_charset(charset.kind.value, charset.size, cfg.k)
+        check_model_config(model_config(cfg))
+        check_data_config(typed(DataConfig, cfg.data))
+        train, loss = typed(TrainConfig, cfg.train), typed(LossConfig, cfg.loss)
+        HeadInit(cfg.heads_init)
+    except (SpellingError, TeacherConfigError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+    except Exception as err:  # omegaconf validation errors name the key and the allowed values
+        raise ConfigError(str(err).splitlines()[0]) from err
+    if loss.temperature <= 0 or loss.ce_weight < 0 or loss.chunk_elements < 1:
+        raise ConfigError("loss.temperature must be > 0, loss.ce_weight >= 0 and loss.chunk_elements >= 1.")
+    if train.lr <= 0:
+        raise ConfigError(f"train.lr={train.lr} must be > 0.")
+    if train.cache_features and train.trainable is not Trainable.heads:
+        raise ConfigError(f"train.cache_features=true needs a frozen backbone (train.trainable=heads, not "
+                          f"{train.trainable.value}); drop one of the two overrides.")
+
+
+def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.exists():
+        raise ConfigError(f"ckpt_path=last found no {last}; resume with hydra.run.dir=<the interrupted run's folder>.")
+    return str(last)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
+    """The Lightning Trainer of `cfg.trainer` (conf/trainer/*.yaml); no weights are loaded yet."""
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator} needs a CUDA GPU and a CUDA build of torch; "
+                          f"this machine has none (torch {torch.__version__}). Use trainer=cpu (the default), or "
+                          "trainer=ddp trainer.accelerator=cpu trainer.precision=32-true trainer.devices=N for "
+                          "several CPU processes.")
+    try:
+        trainer: pl.Trainer = instantiate(cfg.trainer, logger=build_loggers(cfg, run_dir), callbacks=callbacks,
+                                          default_root_dir=str(run_dir))
+    except (InstantiationException, ValueError, RuntimeError) as err:  # Lightning's errors are ValueErrors
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        raise ConfigError(f"{cause} The trainer configs are in conf/trainer/: trainer=cpu (default), trainer=gpu, "
+                          "trainer=ddp trainer.devices=N, trainer=fsdp trainer.devices=N.") from err
+    try:
+        check_launch(trainer)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return trainer
+
+
+def distil(cfg: DictConfig, run_dir: Path) -> dict:
+    """Distil as `cfg` says, writing into `run_dir`; returns the summary."""
+    check_train_config(cfg)
+    ckpt_path = _resume_path(cfg, run_dir)
+    started, started_provenance = time.perf_counter(), provenance(OmegaConf.to_container(cfg, resolve=True))
+    every = cfg.checkpoint.every_n_train_steps
+    replicas = ReplicaCheck()
+    callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1,
+                                 every_n_train_steps=every),
+                 SpeLLMExport(run_dir / "spellm", every_n_train_steps=every), replicas]
+    trainer = build_trainer(cfg, run_dir, callbacks)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    teacher = load_teacher(model_config(cfg))
+    data_cfg: DataConfig = typed(DataConfig, cfg.data)
+    if data_cfg.cache_dir is None:
+        data_cfg.cache_dir = cfg.paths.cache_dir
+    datamodule = DistillDataModule(teacher.tokenizer, data_cfg)
+    counts = datamodule.train_token_counts()
+    charset: CharsetConfig = typed(CharsetConfig, cfg.charset)
+    # every rank counts the same cached blocks, so every rank builds this same alphabet and table
+    alphabet = build_alphabet(charset.kind.value, charset.size, TokenSpellings.from_tokenizer(teacher.tokenizer), counts)
+    spellm = SpeLLM.build(teacher, alphabet, cfg.k, init=cfg.heads_init, seed=cfg.seed)
+    coverage = spellm.spelling.coverage(counts[: spellm.spelling.vocab_size])
+    log.info("alphabet: %s, |Sigma|=%d, k=%d; coverage %s", alphabet.kind.value, alphabet.size, cfg.k, coverage)
+
+    train_cfg: TrainConfig = typed(TrainConfig, cfg.train)
+    features = feature_store(cfg, teacher, datamodule) if train_cfg.cache_features else None
+    module = DistillModule(spellm, train_cfg, typed(LossConfig, cfg.loss), features)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    blocks_per_step = trainer.accumulate_grad_batches * data_cfg.batch_size * trainer.world_size
+    summary = {
+        "teacher": teacher.info.as_dict(),
+        "k": cfg.k,
+        "alphabet": {"kind": alphabet.kind.value, "sigma": alphabet.size},
+        "trainable": train_cfg.trainable.value,
+        "coverage": coverage,
+        "steps": trainer.global_step,
+        "tokens_seen": trainer.global_step * blocks_per_step * data_cfg.block_size,
+        "seconds": round(time.perf_counter() - started, 1),
+        "val": metrics,
+        "devices": {"accelerator": type(trainer.accelerator).__name__, "strategy": type(trainer.strategy).__name__,
+                    "world_size": trainer.world_size, "precision": trainer.precision},
+        "replicas": replicas.report,
+        "spellm_checkpoint": str(run_dir / "spellm"),
+        "provenance": started_provenance,
+    }
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        log.info("wrote %s", run_dir / "summary.json")
+    return summary
+
+
+def feature_store(cfg: DictConfig, teacher, datamodule: DistillDataModule) -> FeatureStore:
+    """The teacher's cached backbone outputs for these blocks, shared by every run that uses them."""
+    # where the weights are cached and which attention kernel runs do not change what the backbone computes
+    teacher_config = {k: v for k, v in model_config_dict(teacher.config).items()
+                      if k not in ("cache_dir", "attn_implementation")}
+    key = {"teacher": teacher_config, "teacher_info": teacher.info.as_dict(),
+           "blocks": datamodule.blocks_key(), "val_blocks": datamodule.cfg.val_blocks}
+    folder = Path(cfg.paths.features_dir).expanduser() / feature_key(key)
+    return FeatureStore(folder, datamodule.n_blocks, datamodule.cfg.block_size, teacher.info.hidden_size, key)

@@ -1,0 +1,199 @@
+"""The runtime bench: the shared decode loop, the bound, the JSON record, Table 2's builder, early errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import AutoModelForCausalLM
+
+import spellm_exp.benchmarks.decode as bench
+from spellm_exp.benchmarks.decode import Bound, check_bench_config
+from spellm_exp.benchmarks.measure import BenchConfigError, nonembedding_params
+from spellm_exp.config import CONFIG_DIR
+from spellm_exp.core.decoding import SpeLLMHead, TeacherHead
+from spellm_exp.reporting.table2 import average_reductions, table_frames
+from spellm_exp.teachers.architectures import REAL_SIZE
+
+FAST = ["decode_steps=3", "warmup=0", "repeats=1", "layer_repeats=2", "prompt_tokens=16", "threads=1"]
+
+
+def _bench_cfg(cache_dir, *overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="bench", overrides=["model=tiny_llama", f"paths.cache_dir={cache_dir}", *FAST,
+                                                       *overrides])
+
+
+def test_bound_matches_a_hand_computation():
+    # SmolLM2-135M: 30 layers of (4 attention matrices 576x576, 576x192 twice, MLP 3 x 576x1536, 2 norms) + final norm
+    layer = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576
+    p_nonembedding = 30 * layer + 576
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(REAL_SIZE["smollm2_135m"]())
+    assert nonembedding_params(model) == p_nonembedding
+    bound = Bound(p_nonembedding, 49_152, 576, k=16, sigma=66)
+    expected = (p_nonembedding + 16 * 66 * 576) / (p_nonembedding + 49_152 * 576)
+    assert bound.ratio == pytest.approx(expected, rel=1e-12)
+    assert bound.ratio == pytest.approx(0.80, abs=0.01)  # method.md: "about 0.80"
+
+
+def test_gemma_bound_is_about_038():
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(REAL_SIZE["gemma3_270m"]())
+    assert Bound(nonembedding_params(model), 262_144, 640, k=16, sigma=258).ratio == pytest.approx(0.38, abs=0.01)
+
+
+def test_teacher_and_spellm_go_through_the_same_loop(cache_dir, monkeypatch):
+    cfg = _bench_cfg(cache_dir, "batch_sizes=[2]")
+    device = check_bench_config(cfg)
+    spellm, source = bench.build_spellm(cfg, device)
+    assert source.startswith("heads at init")
+    seen = []
+    real_generate = bench.generate
+
+    def spy(causal_lm, tokenizer, prompts, head, **kwargs):
+        seen.append((type(head), causal_lm))
+        return real_generate(causal_lm, tokenizer, prompts, head, **kwargs)
+
+    monkeypatch.setattr(bench, "generate", spy)
+    result = bench.bench_batch(spellm, bench.benchmark_prompts(spellm.tokenizer, 2, cfg.prompt_tokens), cfg, device)
+    assert {kind for kind, _ in seen} == {TeacherHead, SpeLLMHead}
+    assert all(lm is spellm.causal_lm for _, lm in seen)  # one backbone object for both
+    assert result["step_ratio"] == pytest.approx(result["spellm"]["step_ms"] / result["teacher"]["step_ms"])
+
+
+def test_bench_writes_a_well_formed_record(cache_dir, tmp_path):
+    out = tmp_path / "record.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "spellm_exp.bench", "model=tiny_llama", f"paths.cache_dir={cache_dir}", *FAST,
+         "batch_sizes=[1,2]", f"hydra.run.dir={tmp_path}/run", f"out_file={out}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    assert json.loads((tmp_path / "run" / "bench.json").read_text()) == record
+    assert record["device"] == "cpu" and record["dtype"] == "float32" and record["init"] == "random init"
+    assert set(record["provenance"]) >= {"git_sha", "date", "device", "versions", "config"}
+    assert record["spellm"]["k"] == 16 and record["spellm"]["alphabet"] == "bytes-256"
+    assert [b["batch_size"] for b in record["batches"]] == [1, 2]
+    for batch in record["batches"]:
+        for variant in ("teacher", "spellm"):
+            summary = batch[variant]
+            assert summary["step_ms"] > 0 and summary["prefill_ms"] > 0 and summary["chars_per_s"] > 0
+            assert len(summary["runs"]) == 1 and summary["runs"][0]["head_steps"] >= 1
+        for variant in ("teacher", "spellm"):  # EOS ignored: a fixed number of backbone steps
+            assert batch[variant]["runs"][0]["steps"] == 3
+        assert set(batch["output_layer"]) >= {"teacher_ms", "spellm_ms", "spellm_host_ms", "host_share_of_spellm_step"}
+    bound = record["bound"]
+    assert bound["ratio"] == pytest.approx(Bound(*(bound[k] for k in
+                                                   ("p_nonembedding", "vocab_size", "hidden_size", "k", "sigma"))).ratio)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["batch_sizes=[0]"], r"batch_sizes=\[0\]: every batch size must be >= 1"),
+    (["device=tpu"], r"device=tpu is unknown; use one of \('auto', 'cpu', 'cuda'\)"),
+    (["decode_steps=0"], r"decode_steps=0 must be >= 1"),
+    (["checkpoint=/nowhere"], r"checkpoint=/nowhere is not a SpeLLM checkpoint"),
+    (["model=mistral"], r"model.path=/path/to/folder"),
+])
+def test_bad_bench_configs_fail_before_loading(overrides, message, cache_dir):
+    with pytest.raises(BenchConfigError, match=message):
+        check_bench_config(_bench_cfg(cache_dir, *overrides))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_names_the_fix(cache_dir):
+    with pytest.raises(BenchConfigError, match=r"no CUDA GPU is visible here; use device=cpu"):
+        check_bench_config(_bench_cfg(cache_dir, "device=cuda"))
+
+
+def test_a_model_too_large_for_memory_is_skipped_without_loading(cache_dir, monkeypatch):
+    monkeypatch.setattr(bench, "available_memory_gb", lambda device: 8.0)
+    monkeypatch.setattr(bench, "build_spellm", lambda *a: pytest.fail("must not load"))
+    record = bench.run_bench(_bench_cfg(cache_dir, "model=mistral", "model.init=random"))
+    assert record["skipped"].startswith("needs 27.0 GB of float32 weights") and "8.0 GB available" in record["skipped"]
+
+
+def _record(model, init, device, ratio_1, bound, skipped=None):
+    record = {"model": model, "init": init, "dtype": "float32", "provenance": {"device": device, "git_sha": "abc",
+                                                                              "date": "2026-11-23"}}
+    if skipped:
+        return {**record, "skipped": skipped}
+    side = lambda step: {"step_ms": step, "prefill_ms": 1.0, "chars_per_s": 100.0 / step, "tokens_per_s": 10.0,  # noqa: E731
+                         "chars_per_step": 3.0, "non_vocab_share": 0.0, "peak_memory_mb": 5.0}
+    return {**record, "teacher": {"description": model.upper()},
+            "spellm": {"k": 16, "sigma": 66, "alphabet": "chars-64", "heads": "distilled checkpoint x"},
+            "bound": {"ratio": bound},
+            "batches": [{"batch_size": 1, "teacher": side(10.0), "spellm": side(10.0 * ratio_1), "step_ratio": ratio_1,
+                         "output_layer": {"teacher_ms": 2.0, "spellm_ms": 0.5, "spellm_host_ms": 0.08,
+                                          "host_share_of_spellm_step": 0.01}}]}
+
+
+def test_table_builder_turns_records_into_rows():
+    records = [_record("llama", "pretrained (dequantised GGUF)", "CPU", 0.8, 0.79),
+               _record("qwen", "random init", "CPU", 0.5, 0.45), _record("gemma2", "random init", "CPU", 0.7, 0.6),
+               _record("qwen", "random init", "H100", 0.9, 0.45),
+               _record("mistral", "random init", "CPU", 0, 0, skipped="needs 27.0 GB")]
+    shown, tidy = table_frames(records)
+    first = shown.iloc[0]
+    assert (first["model"], first["batch"], first["step ms teacher"], first["step ms SpeLLM"]) == ("LLAMA", 1, 10.0, 8.0)
+    assert first["reduction %"] == pytest.approx(20.0) and first["string->ids % of step"] == pytest.approx(1.0)
+    assert first["note"] == "distilled heads" and first["SpeLLM"] == "k=16 chars-64"
+    # per device: real teachers first, skipped records last
+    assert list(shown["model"]) == ["LLAMA", "GEMMA2", "QWEN", "mistral", "QWEN"]
+    assert shown.iloc[3]["note"] == "skipped: needs 27.0 GB" and shown.iloc[3]["step ms teacher"] == ""
+    assert len(tidy) == 4
+    # the average is per device, over random-init rows only: never a ratio across devices
+    assert average_reductions(tidy) == pytest.approx({"CPU": 40.0, "H100": 10.0})
+
+
+def test_table2_from_kept_records_writes_markdown_csv_and_plot(tmp_path):
+    bench_dir = tmp_path / "bench"
+    for index, record in enumerate([_record("llama", "pretrained", "CPU", 0.8, 0.79),
+                                    _record("qwen", "random init", "CPU", 0.5, 0.45)]):
+        (bench_dir / "cpu").mkdir(parents=True, exist_ok=True)
+        (bench_dir / "cpu" / f"{index}.json").write_text(json.dumps(record))
+    result = subprocess.run([sys.executable, "-m", "spellm_exp.table2", "run_bench=false", f"bench_dir={bench_dir}",
+                             f"paths.results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/run"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    markdown = (tmp_path / "results" / "table2.md").read_text()
+    assert "| LLAMA | pretrained | CPU | float32 | 1 | k=16 chars-64 | 10 | 8 | 0.8 | 0.79 | 20 | 3 | 3 |" in markdown
+    assert "CPU: 50.0%" in markdown  # the random-init average
+    assert (tmp_path / "results" / "table2.png").stat().st_size > 1000
+    assert len((tmp_path / "results" / "table2.csv").read_text().splitlines()) == 3
+
+
+def test_table2_benches_each_entry_into_its_device_folder(cache_dir, tmp_path):
+    from omegaconf import open_dict
+
+    from spellm_exp.reporting.table2 import bench_entries, load_records
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="table2", overrides=[f"paths.cache_dir={cache_dir}", f"bench_dir={tmp_path}/bench"])
+        with open_dict(cfg):
+            cfg.entries = {"tiny": ["model=tiny_llama", f"checkpoint={tmp_path}/missing", "batch_sizes=[1]",
+                                    "layer_repeats=2", "threads=1"]}
+            cfg.profiles.quick.update(prompt_tokens=16, decode_steps=2, warmup=0, repeats=1)
+        bench_entries(cfg)
+    (record,) = load_records(tmp_path / "bench")
+    assert record["spellm"]["heads"].startswith("heads at init")  # the missing checkpoint falls back
+    assert record["settings"]["decode_steps"] == 2 and record["dtype"] == "float32"
+    assert list((tmp_path / "bench").glob("*/tiny.json"))
+
+
+def test_results_index_links_every_table_and_plot(tmp_path):
+    from spellm_exp.reporting.index import write_index
+
+    (tmp_path / "table1.md").write_text("# Table 1: quality\n\nbody")
+    (tmp_path / "table1.csv").write_text("a\n1\n")
+    (tmp_path / "table1.provenance.json").write_text(json.dumps({"command": "python -m spellm_exp.table1",
+                                                                  "git_sha": "0123456789abcdef", "date": "today"}))
+    (tmp_path / "table2.png").write_bytes(b"png")
+    (tmp_path / "bench" / "cpu").mkdir(parents=True)
+    (tmp_path / "bench" / "cpu" / "x.json").write_text("{}")
+    text = write_index(tmp_path).read_text()
+    assert ("| [Table 1: quality](table1.md) | [table1.csv](table1.csv) | `python -m spellm_exp.table1` | "
+            "`0123456789ab` | today |") in text
+    assert "- [table2.png](table2.png)" in text and "- [bench/](bench/): 1 JSON records" in text

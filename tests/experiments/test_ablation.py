@@ -1,0 +1,36 @@
+"""The quality ablation end to end on a tiny teacher: distils each variant, scores, aggregates, re-uses."""
+
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from spellm_exp.config import CONFIG_DIR
+from spellm_exp.reporting.ablation import write_ablation_table
+
+TINY = ["model=tiny_llama", "k=4", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1", "data.max_chars_per_source=20000", "data.block_size=32", "data.batch_size=2",
+        "data.val_blocks=4", "checkpoint.every_n_train_steps=2", "trainer.enable_progress_bar=false"]
+
+
+def test_ablation_distils_scores_and_tabulates_each_variant(cache_dir, tmp_path):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="ablation", overrides=[
+            "tasks=[arc_easy,lambada_openai]", "limit=3", f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={tmp_path}/outputs", f"paths.results_dir={tmp_path}/results"])
+    with open_dict(cfg):
+        cfg.variants = {"heads": TINY, "heads_random_init": [*TINY, "heads_init=random"]}
+    write_ablation_table(cfg, "test")
+
+    runs = tmp_path / "outputs" / "train"
+    assert sorted(p.name for p in runs.iterdir()) == ["smollm2_k16_quick_heads", "smollm2_k16_quick_heads_random_init"]
+    tidy = pd.read_csv(tmp_path / "results" / "quality_ablation.csv")
+    assert set(tidy["variant"]) >= {"teacher", "teacher_marginals", "spellm heads", "spellm heads_random_init",
+                                    "spellm heads - teacher"}
+    markdown = (tmp_path / "results" / "quality_ablation.md").read_text()
+    assert "## Training" in markdown and "heads_init=random" in markdown
+
+    # a second run re-uses every finished run and evaluation
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")}
+    assert len(stamps) == 5  # teacher, teacher_marginals, two SpeLLMs, one other score
+    write_ablation_table(cfg, "test")
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")} == stamps

@@ -1,0 +1,51 @@
+"""Table 1 aggregation from evaluation folders: exact values on a hand-made case."""
+
+import json
+import math
+
+import pytest
+
+from spellm_exp.evaluation.metrics import paired_difference
+from spellm_exp.reporting.table1 import table_rows
+
+
+def _write(folder, results, samples):
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"results": results}))
+    (folder / "samples.jsonl").write_text("\n".join(json.dumps(s) for s in samples))
+
+
+@pytest.fixture
+def eval_dirs(tmp_path):
+    teacher, spellm = tmp_path / "teacher", tmp_path / "spellm"
+    _write(teacher, {"arc_easy": {"acc,none": 0.5, "acc_norm,none": 0.75},
+                     "lambada_openai": {"acc,none": 0.5, "perplexity,none": 20.0}},
+           [{"task": "arc_easy", "doc_id": i, "acc": a, "acc_norm": n} for i, (a, n) in
+            enumerate([(1, 1), (0, 1), (1, 1), (0, 0)])]
+           + [{"task": "lambada_openai", "doc_id": i, "acc": a} for i, a in enumerate([1, 0])])
+    _write(spellm, {"arc_easy": {"acc,none": 0.25, "acc_norm,none": 0.5},
+                    "lambada_openai": {"acc,none": 0.0, "perplexity,none": 40.0}},
+           [{"task": "arc_easy", "doc_id": i, "acc": a, "acc_norm": n} for i, (a, n) in
+            enumerate([(1, 1), (0, 0), (0, 1), (0, 0)])]
+           + [{"task": "lambada_openai", "doc_id": i, "acc": a} for i, a in enumerate([0, 0])])
+    return teacher, spellm
+
+
+def test_paired_difference(eval_dirs):
+    mean, se, n = paired_difference(*eval_dirs, "arc_easy", "acc_norm")
+    # per-document differences: 0, -1, 0, 0
+    assert (mean, n) == (-0.25, 4)
+    assert se == pytest.approx(math.sqrt(0.25) / 2)  # sample std 0.5 over sqrt(4)
+
+
+def test_table_rows(eval_dirs):
+    wide, tidy = table_rows("SmolLM2", "SpeLLM k=16", *eval_dirs, ["arc_easy", "lambada_openai"])
+    teacher, spellm, diff = wide
+    assert teacher["arc_easy (acc_norm)"] == 75.0 and teacher["lambada_openai (acc)"] == 50.0
+    assert teacher["lambada_openai (ppl)"] == 20.0 and teacher["average"] == 62.5
+    assert spellm["variant"] == "SpeLLM k=16" and spellm["average"] == 25.0
+    assert diff["arc_easy (acc_norm)"] == "-25.0 ± 25.0"
+    assert diff["lambada_openai (acc)"] == "-50.0 ± 50.0"
+    # standard errors 0.25 (arc_easy) and 0.5 (lambada: differences -1, 0), combined over two tasks
+    assert diff["average"] == f"{-37.5:+.2f} ± {100 * math.sqrt(0.25 ** 2 + 0.5 ** 2) / 2:.2f}"
+    assert {r["metric"] for r in tidy if r["task"] == "lambada_openai"} == {"acc", "perplexity"}
