@@ -52,7 +52,9 @@ class ModelConfig:
     path: str | None = None  # a local HF folder or a hub id; replaces the built-in source
     init: Init = Init.pretrained
     dtype: str = "float32"
-    attn_implementation: str = "sdpa"  # sdpa (PyTorch's fused kernels) | eager | flash_attention_2 (if installed)
+    # auto: SDPA (PyTorch's fused kernels) where the architecture supports it, else eager | sdpa | eager |
+    # flash_attention_2 (if installed)
+    attn_implementation: str = "auto"
     seed: int = 0  # for random init
     cache_dir: str | None = None  # GGUF conversions and tokenizers; None: ~/.cache/spellm_exp
 

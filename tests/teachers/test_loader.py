@@ -121,3 +121,18 @@ def test_unreachable_hub_id_when_online(monkeypatch):
 def test_unsupported_dtype():
     with pytest.raises(TeacherConfigError, match=r"model\.dtype=float8.*float32"):
         load_teacher(name="tiny_llama", dtype="float8")
+
+
+def test_default_attention_is_sdpa_where_supported_and_eager_where_not():
+    # Gemma-2's soft-capped attention has no SDPA path in transformers: asking for sdpa fails, the default loads
+    from transformers import Gemma2Config, LlamaConfig
+
+    tiny = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16)
+    kwargs = loader._model_kwargs(ModelConfig())
+    gemma2 = AutoModelForCausalLM.from_config(Gemma2Config(**tiny), **kwargs)
+    llama = AutoModelForCausalLM.from_config(LlamaConfig(**tiny), **kwargs)
+    assert gemma2.config._attn_implementation == "eager" and llama.config._attn_implementation == "sdpa"
+    forced = loader._model_kwargs(ModelConfig(attn_implementation="sdpa"))
+    with pytest.raises(ValueError, match="does not support an attention implementation through"):
+        AutoModelForCausalLM.from_config(Gemma2Config(**tiny), **forced)

@@ -99,7 +99,7 @@ def test_resume_without_a_checkpoint_names_the_fix(cache_dir, tmp_path):
     (["model.name=nonexistent"], r"Unknown model 'nonexistent'"),
     (["loss.temperature=0"], r"loss.temperature must be > 0"),
     (["data.sources=[wikipedia]"], r"data.sources=\['wikipedia'\]: choose one or more of"),
-    (["model.attn_implementation=flash"], r"model.attn_implementation=flash is not one of \['sdpa', 'eager'"),
+    (["model.attn_implementation=flash"], r"model.attn_implementation=flash is not one of \['auto', 'sdpa', 'eager'"),
 ])
 def test_bad_overrides_fail_before_any_model_loads(overrides, message, monkeypatch):
     import spellm_exp.training.distill as train_module

@@ -6,7 +6,7 @@ repetitions with teacher and SpeLLM interleaved, a fixed number of decode steps 
 random-init models can be timed), and the device synchronised around every timed region. Also the
 output layer alone (teacher head + argmax vs fused char heads + k argmaxes + string -> ids on the
 host), peak memory, and the weight-bytes bound of method.md next to the measured ratio.
-Writes <run folder>/bench.json (and `out_file` when set), with provenance.
+`run_bench` returns the record, with provenance; the command writes it to <run folder>/bench.json (and `out_file`).
 """
 
 from __future__ import annotations

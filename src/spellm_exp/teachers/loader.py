@@ -32,7 +32,8 @@ ORIGIN_GGUF = "pretrained (dequantised GGUF)"
 ORIGIN_RANDOM = "random init"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+# auto: transformers' own choice, SDPA where the architecture supports it and eager where not (Gemma-2)
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 DEFAULT_CACHE = Path.home() / ".cache" / "spellm_exp"
 LOCAL = "local"  # the config name for any folder or hub id given by model.path
 
@@ -130,7 +131,8 @@ def check_model_config(cfg: ModelConfig) -> None:
 
 def _model_kwargs(cfg: ModelConfig) -> dict:
     """What every model construction takes from the config: weight dtype and attention kernel."""
-    return {"dtype": DTYPES[cfg.dtype], "attn_implementation": cfg.attn_implementation}
+    attention = None if cfg.attn_implementation == "auto" else cfg.attn_implementation
+    return {"dtype": DTYPES[cfg.dtype], "attn_implementation": attention}
 
 
 def _random_model(config: PretrainedConfig, cfg: ModelConfig) -> PreTrainedModel:
