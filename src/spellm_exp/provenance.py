@@ -16,28 +16,34 @@ import torch
 _VERSIONED = ("torch", "transformers", "lightning", "lm_eval", "spellm-exp")
 
 
+# what makes a number: the package's code and configs. Rewritten results/ and notebooks/ (a `make reproduce` writes
+# them step by step) do not make the code that the later steps run "dirty".
+CODE_PATHSPEC = ":(top)src"
+
+
 def git_sha(repo: Path | None = None) -> str:
-    """The commit SHA, suffixed with `-dirty` when tracked files have uncommitted changes."""
+    """The commit SHA, suffixed with `-dirty` when tracked files under src/ have uncommitted changes."""
     cwd = repo or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", CODE_PATHSPEC],
+                               cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
 
 
 @functools.cache
-def code_version() -> str:
+def code_version(repo: Path | None = None) -> str:
     """The code this process runs, fixed at first call: the commit SHA, plus a digest of the uncommitted
-    changes to tracked files when there are any (so two different dirty trees never look alike)."""
-    sha = git_sha()
+    changes to tracked files under src/ when there are any (so two different dirty trees never look alike)."""
+    sha = git_sha(repo)
     if not sha.endswith("-dirty"):
         return sha
-    cwd = Path(__file__).resolve().parent
-    diff = subprocess.run(["git", "diff", "HEAD"], cwd=cwd, capture_output=True, check=True).stdout
+    cwd = repo or Path(__file__).resolve().parent
+    diff = subprocess.run(["git", "diff", "HEAD", "--", CODE_PATHSPEC], cwd=cwd, capture_output=True,
+                          check=True).stdout
     return f"{sha}-{hashlib.sha256(diff).hexdigest()[:12]}"
 
 
