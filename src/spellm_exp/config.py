@@ -169,7 +169,18 @@ class SweepConfig:
 
 
 @dataclass
-class BenchJob(_WithModel):
+class DecodeTiming:
+    """How the decode bench times a model: prompt length, backbone steps, warm-up and timed runs (a Table 2
+    profile is one of these)."""
+
+    prompt_tokens: int = 64
+    decode_steps: int = 32
+    warmup: int = 1
+    repeats: int = 3
+
+
+@dataclass
+class BenchJob(DecodeTiming, _WithModel):
     """conf/bench.yaml: decode-step runtime, teacher vs SpeLLM."""
 
     k: int = 16
@@ -177,10 +188,6 @@ class BenchJob(_WithModel):
     checkpoint: str | None = None
     device: str = "auto"
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
-    prompt_tokens: int = 64
-    decode_steps: int = 32
-    warmup: int = 1
-    repeats: int = 3
     layer_repeats: int = 50
     decode: str = "free"
     threads: int | None = None
@@ -272,21 +279,13 @@ class Table1Job(_Command):
 
 
 @dataclass
-class Table2Profile:
-    prompt_tokens: int = 64
-    decode_steps: int = 24
-    warmup: int = 1
-    repeats: int = 3
-
-
-@dataclass
 class Table2Job(_Command):
     profile: str = "quick"  # conf/profile/: a key of `profiles`
     device: str = "auto"
     dtype: str = "auto"
     run_bench: bool = True
     bench_dir: str = "results/bench"
-    profiles: dict[str, Table2Profile] = field(default_factory=dict)
+    profiles: dict[str, DecodeTiming] = field(default_factory=dict)
     entries: dict[str, list[str]] = field(default_factory=dict)
 
 
