@@ -7,12 +7,11 @@ from omegaconf import DictConfig
 from spellm_exp.cli import write_as_command
 from spellm_exp.config import CONFIG_DIR
 from spellm_exp.reporting.ablation import write_ablation_table
-from spellm_exp.training.distill import ConfigError
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="ablation")
 def main(cfg: DictConfig) -> None:
-    write_as_command(write_ablation_table, cfg, "spellm_exp.ablation", (ValueError, ConfigError))
+    write_as_command(write_ablation_table, cfg, "spellm_exp.ablation")  # ConfigError is a ValueError
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from spellm_exp.benchmarks.distill import bench_model, resolve_precision
-from spellm_exp.benchmarks.measure import BenchConfigError, resolve_device
+from spellm_exp.benchmarks.measure import resolve_device
 from spellm_exp.cli import exit_on
 from spellm_exp.config import CONFIG_DIR
 from spellm_exp.provenance import command_line, provenance
@@ -16,7 +16,7 @@ from spellm_exp.reporting.throughput import write_throughput_table
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="bench_distill")
 def main(cfg: DictConfig) -> None:
-    with exit_on(BenchConfigError, ValueError):
+    with exit_on(ValueError):  # BenchConfigError and an unknown precision are ValueErrors
         device = resolve_device(cfg.device)
         precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(0)
