@@ -38,6 +38,23 @@ class HeadInit(str, Enum):
     random = "random"
 
 
+class HeadKind(str, Enum):
+    linear = "linear"  # the paper's k independent linear heads
+    mlp = "mlp"  # a shared residual MLP trunk before the k linear heads
+    mixture = "mixture"  # M products of per-position distributions, mixed by a small head
+    autoregressive = "autoregressive"  # linear heads plus a character decoder over the earlier characters
+
+
+@dataclass
+class HeadsConfig:
+    """The `heads` config group (conf/heads/*.yaml): the SpeLLM's output layer. Each field is read by its kind."""
+
+    kind: HeadKind = HeadKind.linear
+    trunk_multiple: int = 4  # mlp: the trunk's width r = trunk_multiple x d (d -> r -> d, residual)
+    components: int = 4  # mixture: M
+    decoder_size: int = 128  # autoregressive: width r of the character decoder
+
+
 # --- teachers ----------------------------------------------------------------------------------
 class Init(str, Enum):
     pretrained = "pretrained"
@@ -96,8 +113,19 @@ class TrainConfig:
     cache_features: bool = False  # heads only: keep the frozen backbone's outputs on disk for later runs
 
 
+class LossObjective(str, Enum):
+    auto = "auto"  # marginal for heads that factorise over positions (linear, mlp), token for the others
+    marginal = "marginal"  # mean over heads of KL(q_i || p_i), the teacher's per-position marginals
+    token = "token"  # KL(q || p) over the teacher's vocabulary strings
+
+
 @dataclass
 class LossConfig:
+    objective: LossObjective = LossObjective.auto
+    # token objective, for heads that do not factorise: the teacher's top_k tokens exactly, the rest of its
+    # mass by tail_samples tokens drawn from it (an unbiased estimate); factorised heads need neither
+    top_k: int = 16
+    tail_samples: int = 4
     temperature: float = 1.0
     ce_weight: float = 0.0
     chunk_elements: int = 16_777_216  # teacher logits per chunk (positions x |V|): bounds the loss's memory
@@ -139,6 +167,7 @@ class TrainJob(_WithModel):
     k: int = 16
     seed: int = 0
     heads_init: HeadInit = HeadInit.unembedding_mean
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
     ckpt_path: str | None = None  # "last": resume from <run folder>/checkpoints/last.ckpt
     charset: CharsetConfig = field(default_factory=CharsetConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -185,6 +214,7 @@ class BenchJob(DecodeTiming, _WithModel):
 
     k: int = 16
     charset: CharsetConfig = field(default_factory=lambda: CharsetConfig(kind=CharsetKind.bytes))
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
     checkpoint: str | None = None
     device: str = "auto"
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
@@ -323,6 +353,7 @@ def register_configs() -> None:
     store.store(name="sweep_schema", node=SweepConfig, package="sweep")  # sweep.yaml = train.yaml + this node
     store.store(group="model", name="model_schema", node=ModelConfig)
     store.store(group="charset", name="charset_schema", node=CharsetConfig)
+    store.store(group="heads", name="heads_schema", node=HeadsConfig)
     store.store(group="data", name="data_schema", node=DataConfig)
 
 

@@ -1,17 +1,24 @@
-"""The k heads are k distinct parameter sets, and the fused matmul equals k separate ones."""
+"""Head types: the k linear heads are k distinct parameter sets (the fused matmul equals k separate ones), and
+every type is a normalised distribution over Sigma^k whose scores, greedy string and marginals are exact."""
 
+import itertools
+
+import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from spellm_exp.config import HeadKind, HeadsConfig
 from spellm_exp.core.charset import EOS, PAD, Alphabet, CharsetKind, SpellingTable, TokenSpellings
-from spellm_exp.core.heads import CharHeads
+from spellm_exp.core.heads import LinearHeads, build_heads, settings_dict
 
 K, SYMBOLS, D = 4, 7, 16
 
 
 def _heads(seed=0):
     torch.manual_seed(seed)
-    heads = CharHeads(K, SYMBOLS, D)
+    heads = LinearHeads(K, SYMBOLS, D)
     torch.nn.init.normal_(heads.bias)
     return heads
 
@@ -19,22 +26,22 @@ def _heads(seed=0):
 def test_fused_equals_k_separate_linear_maps():
     heads, hidden = _heads(), torch.randn(3, 5, D)
     separate = torch.stack([F.linear(hidden, heads.weight[i], heads.bias[i]) for i in range(K)], dim=-2)
-    torch.testing.assert_close(heads(hidden), separate)
+    torch.testing.assert_close(heads.logits(hidden), separate)
 
 
 def test_changing_one_head_leaves_the_others_unchanged():
     heads, hidden = _heads(), torch.randn(2, D)
-    before = heads(hidden).detach()
+    before = heads.logits(hidden).detach()
     with torch.no_grad():
         heads.weight[2] += 1.0
-    after = heads(hidden).detach()
+    after = heads.logits(hidden).detach()
     for i in range(K):
         assert torch.equal(before[:, i], after[:, i]) == (i != 2)
 
 
 def test_a_loss_on_one_head_only_moves_that_head():
     heads = _heads()
-    heads(torch.randn(2, D))[:, 1].logsumexp(-1).sum().backward()
+    heads.logits(torch.randn(2, D))[:, 1].logsumexp(-1).sum().backward()
     grads = heads.weight.grad.abs().sum(dim=(1, 2))
     assert grads[1] > 0 and (grads[[0, 2, 3]] == 0).all()
 
@@ -44,7 +51,7 @@ def test_unembedding_mean_init_by_hand():
     spelled = TokenSpellings(pieces=(None, b"a", b"ab", b"b"), end_ids=frozenset({0}), eos_id=0)
     table = SpellingTable(spelled, Alphabet(CharsetKind.chars, ("a", "b")), k=2)
     unembedding = torch.tensor([[1.0, 0.0], [0.0, 2.0], [4.0, 4.0], [2.0, 6.0]])
-    heads = CharHeads(2, 4, 2)
+    heads = LinearHeads(2, 4, 2)
     heads.init_from_unembedding(unembedding, table)
     a, b = 2, 3
     mean_all = unembedding.mean(0)
@@ -57,3 +64,135 @@ def test_unembedding_mean_init_by_hand():
         torch.testing.assert_close(heads.weight[0, symbol], expected0[symbol])
         torch.testing.assert_close(heads.weight[1, symbol], expected1[symbol])
     assert (heads.bias == 0).all()
+
+
+# --- every head type ------------------------------------------------------------------------------
+TINY_K, TINY_SIGMA, TINY_D = 3, 4, 6
+ALL_STRINGS = torch.tensor(list(itertools.product(range(TINY_SIGMA), repeat=TINY_K)))  # [|Sigma|^k, k]
+SETTINGS = {kind: HeadsConfig(kind=kind, trunk_multiple=2, components=3, decoder_size=8) for kind in HeadKind}
+
+
+def _random_heads(kind: HeadKind, seed: int):
+    torch.manual_seed(seed)
+    heads = build_heads(SETTINGS[kind], TINY_K, TINY_SIGMA, TINY_D)
+    with torch.no_grad():  # the zero-initialised parts too, so every part of the type is exercised
+        for parameter in heads.parameters():
+            parameter.normal_(std=0.7)
+    return heads
+
+
+def _all_string_log_probs(heads, hidden):
+    return heads(hidden).log_prob(ALL_STRINGS.expand(hidden.shape[0], -1, -1))  # [n, |Sigma|^k]
+
+
+@pytest.mark.parametrize("kind", list(HeadKind))
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_probabilities_over_all_strings_sum_to_one(kind, seed):
+    heads = _random_heads(kind, seed)
+    with torch.no_grad():
+        log_probs = _all_string_log_probs(heads, torch.randn(4, TINY_D))
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(4), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", list(HeadKind))
+def test_log_prob_of_given_strings_equals_the_enumeration(kind):
+    heads, hidden = _random_heads(kind, 1), torch.randn(3, TINY_D)
+    picks = torch.tensor([[5, 17, 40], [0, 63, 2], [9, 9, 33]])  # rows of ALL_STRINGS per position
+    with torch.no_grad():
+        every = _all_string_log_probs(heads, hidden)
+        scored = heads(hidden).log_prob(ALL_STRINGS[picks])
+    torch.testing.assert_close(scored, every.gather(1, picks))
+
+
+@pytest.mark.parametrize("kind", [HeadKind.linear, HeadKind.mlp, HeadKind.mixture])
+def test_marginals_are_exact(kind):
+    heads, hidden = _random_heads(kind, 2), torch.randn(2, TINY_D)
+    with torch.no_grad():
+        probs = _all_string_log_probs(heads, hidden).exp()
+        marginals = heads(hidden).marginal_log_probs().exp()
+    for i in range(TINY_K):
+        expected = torch.zeros(2, TINY_SIGMA).index_add_(1, ALL_STRINGS[:, i], probs)
+        torch.testing.assert_close(marginals[:, i], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", [HeadKind.linear, HeadKind.mlp])
+def test_greedy_of_factorised_heads_is_the_most_likely_string(kind):
+    heads, hidden = _random_heads(kind, 3), torch.randn(5, TINY_D)
+    with torch.no_grad():
+        best = ALL_STRINGS[_all_string_log_probs(heads, hidden).argmax(-1)]
+        assert torch.equal(heads(hidden).greedy(forbid_pad_first=False), best)
+        assert (heads(hidden).greedy(forbid_pad_first=True)[:, 0] != PAD).all()
+
+
+def test_mixture_greedy_is_the_best_component_argmax_by_the_whole_mixture():
+    heads, hidden = _random_heads(HeadKind.mixture, 4), torch.randn(5, TINY_D)
+    with torch.no_grad():
+        strings = heads(hidden)
+        candidates = strings.log_probs.argmax(-1)  # [n, M, k]
+        scores = strings.log_prob(candidates)
+        expected = candidates[torch.arange(5), scores.argmax(-1)]
+        assert torch.equal(strings.greedy(forbid_pad_first=False), expected)
+
+
+def test_autoregressive_greedy_takes_each_conditional_argmax_and_ends_with_pad():
+    heads, hidden = _random_heads(HeadKind.autoregressive, 5), torch.randn(6, TINY_D)
+    with torch.no_grad():
+        strings = heads(hidden)
+        greedy = strings.greedy(forbid_pad_first=False)
+        every = _all_string_log_probs(heads, hidden)
+        for row in range(6):  # the argmax of p(s_i | s_<i) over strings that share the greedy prefix
+            for i in range(TINY_K):
+                same_prefix = (ALL_STRINGS[:, :i] == greedy[row, :i]).all(-1)
+                mass = torch.zeros(TINY_SIGMA).index_add_(0, ALL_STRINGS[same_prefix, i], every[row, same_prefix].exp())
+                assert mass.argmax().item() == greedy[row, i].item()
+    # after PAD or EOS every later symbol is PAD: strings like "a PAD b" have probability 0
+    assert every[:, (ALL_STRINGS[:, 0] == PAD) & (ALL_STRINGS[:, 1] != PAD)].exp().max() == 0
+
+
+@pytest.mark.parametrize("kind", list(HeadKind))
+def test_vocab_log_probs_are_the_spellings_scores(kind):
+    heads, hidden = _random_heads(kind, 6), torch.randn(2, TINY_D)
+    table = ALL_STRINGS[[3, 10, 25, 40, 63]]
+    spellable = torch.tensor([True, True, False, True, True])
+    with torch.no_grad():
+        scores = heads(hidden).vocab_log_probs(table, spellable)
+        expected = heads(hidden).log_prob(table.expand(2, -1, -1))
+    torch.testing.assert_close(scores[:, spellable], expected[:, spellable])
+    assert torch.isinf(scores[:, 2]).all()
+
+
+@pytest.mark.parametrize("kind", list(HeadKind))
+def test_every_type_starts_as_the_linear_heads_product_or_a_noisy_copy(kind):
+    spelled = TokenSpellings(pieces=(None, b"a", b"ab", b"b"), end_ids=frozenset({0}), eos_id=0)
+    table = SpellingTable(spelled, Alphabet(CharsetKind.chars, ("a", "b")), k=2)
+    torch.manual_seed(0)
+    unembedding = torch.randn(4, 5)
+    linear = LinearHeads(2, 4, 5)
+    linear.init_from_unembedding(unembedding, table)
+    heads = build_heads(HeadsConfig(kind=kind, components=2), 2, 4, 5)
+    heads.init_from_unembedding(unembedding, table)
+    hidden = torch.randn(3, 5)
+    # strings that have not ended before their last symbol (after an end the autoregressive type puts all
+    # the mass on PAD, where the product spreads it)
+    strings = torch.tensor(list(itertools.product([2, 3], range(4)))).expand(3, -1, -1)
+    with torch.no_grad():
+        expected, got = linear(hidden).log_prob(strings), heads(hidden).log_prob(strings)
+    if kind is HeadKind.mixture:  # components are the linear init plus 10% noise
+        assert (got - expected).abs().max() < 0.5 and not torch.equal(got, expected)
+    else:
+        torch.testing.assert_close(got, expected)
+
+
+def test_parameter_counts_and_flops_by_hand():
+    k, sigma, d = 4, 10, 8
+    counts = {kind: build_heads(HeadsConfig(kind=kind, trunk_multiple=2, components=3, decoder_size=6),
+                                k, sigma, d) for kind in HeadKind}
+    linear = k * sigma * d + k * sigma
+    assert counts[HeadKind.linear].num_parameters() == linear
+    assert counts[HeadKind.mlp].num_parameters() == linear + (d * 16 + 16) + (16 * d + d)
+    assert counts[HeadKind.mixture].num_parameters() == 3 * linear + (d * 3 + 3)
+    assert counts[HeadKind.autoregressive].num_parameters() == linear + (d * 6 + 6) + k * 6 + 2 * k * sigma * 6 + k * sigma
+    assert counts[HeadKind.linear].decode_flops() == 2 * k * sigma * d
+    assert counts[HeadKind.mixture].decode_flops() == 2 * 3 * (k * sigma + 1) * d
+    assert settings_dict(counts[HeadKind.mixture].settings()) == {"kind": "mixture", "components": 3}

@@ -8,13 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spellm_exp.core.charset import EOS, PAD
+from spellm_exp.core.heads import Factorised, Mixture
 from spellm_exp.core.losses import (
     Targets,
     chunked_head_marginals,
     distillation_loss,
     head_marginals,
     marginal_kl,
+    resolve_objective,
     spelled_cross_entropy,
+    token_kl,
 )
 
 # vocabulary: 0 = EOS, 1 = "a", 2 = "ab", 3 = "b", 4 = unspellable; symbols PAD, EOS, a, b
@@ -93,10 +96,10 @@ def test_chunked_targets_equal_unchunked(chunk_size):
 
 
 def test_spelled_cross_entropy_masks_unspellable_and_missing_targets():
-    student = torch.zeros(3, 2, 4)  # uniform: every symbol costs log 4
-    values, mask = spelled_cross_entropy(student, torch.tensor([2, 4, -100]), TABLE, SPELLABLE)
-    assert mask.tolist() == [True, False, False]
-    torch.testing.assert_close(values[0], torch.full((2,), math.log(4)))
+    student = Factorised(torch.zeros(3, 2, 4))  # uniform: every symbol costs log 4
+    ce, per_head = spelled_cross_entropy(student, torch.tensor([2, 4, -100]), TABLE, SPELLABLE)
+    torch.testing.assert_close(per_head, torch.full((2,), math.log(4)))  # only the first position counts
+    torch.testing.assert_close(ce, torch.tensor(math.log(4)))
 
 
 def test_ce_weight_adds_the_spelled_cross_entropy():
@@ -105,10 +108,70 @@ def test_ce_weight_adds_the_spelled_cross_entropy():
     ids = torch.tensor([1, 2, 4])
     plain = distillation_loss(student, targets)
     mixed = distillation_loss(student, targets, ce_weight=0.5, target_ids=ids, table=TABLE, spellable=SPELLABLE)
-    values, mask = spelled_cross_entropy(student, ids, TABLE, SPELLABLE)
-    torch.testing.assert_close(mixed.ce, values[mask].mean())
+    log_p = torch.log_softmax(student, -1)
+    by_hand = -(log_p[0, 0, A] + log_p[0, 1, PAD] + log_p[1, 0, A] + log_p[1, 1, B]) / 4  # ids 1, 2; 4 does not spell
+    torch.testing.assert_close(mixed.ce, by_hand)
     torch.testing.assert_close(mixed.total, plain.total + 0.5 * mixed.ce)
     assert plain.ce is None and plain.total is plain.kl
+
+
+# --- the token-level objective ---------------------------------------------------------------------
+def _string_kl_by_enumeration(teacher_logits, student: Factorised | Mixture):
+    """KL(q || p) summed over the spellable tokens, one by one."""
+    q = torch.softmax(teacher_logits.double(), -1) * SPELLABLE
+    q = q / q.sum(-1, keepdim=True)
+    log_p = student.log_prob(TABLE.expand(teacher_logits.shape[0], -1, -1)).double()
+    terms = torch.where(q > 0, q * (q.clamp(min=1e-300).log() - log_p), 0.0)
+    return terms[:, SPELLABLE].sum(-1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=logits_strategy)
+def test_token_kl_is_the_exact_kl_over_vocabulary_strings(seed):
+    generator = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(4, 5, generator=generator) * 2
+    targets = head_marginals(teacher, TABLE, SPELLABLE, n_symbols=4, top_k=5, tail_samples=0)
+    factorised = Factorised(torch.randn(4, 2, 4, generator=generator))
+    mixture = Mixture(torch.log_softmax(torch.randn(4, 3, generator=generator), -1),
+                      torch.log_softmax(torch.randn(4, 3, 2, 4, generator=generator), -1))
+    for student in (factorised, mixture):  # factorised: by the marginals; mixture: top_k = |V| strings
+        torch.testing.assert_close(token_kl(student, targets, TABLE).double(),
+                                   _string_kl_by_enumeration(teacher, student), atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=logits_strategy)
+def test_token_kl_of_linear_heads_is_the_marginal_loss_up_to_a_constant(seed):
+    """KL(q || prod p_i) = k x mean_i KL(q_i || p_i) + (sum_i H(q_i) - H(q)), whatever the student."""
+    generator = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(6, 5, generator=generator) * 2
+    targets = head_marginals(teacher, TABLE, SPELLABLE, n_symbols=4)
+    q_i = targets.marginals
+    constant = -(q_i * q_i.clamp(min=1e-30).log()).sum((-1, -2)) - targets.entropy
+    for _ in range(3):
+        student = torch.randn(6, 2, 4, generator=generator)
+        token = distillation_loss(Factorised(student), targets, objective="token", table=TABLE)
+        marginal = distillation_loss(student, targets, objective="marginal")
+        torch.testing.assert_close(token.kl, 2 * marginal.kl + constant.mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_tail_samples_estimate_the_rest_without_bias():
+    """With top_k < |V|, the sampled tail term's mean over many draws is the exact KL."""
+    torch.manual_seed(0)
+    teacher = torch.randn(1, 5) * 0.5
+    mixture = Mixture(torch.log_softmax(torch.randn(1, 2), -1), torch.log_softmax(torch.randn(1, 2, 2, 4), -1))
+    draws = [token_kl(mixture, head_marginals(teacher, TABLE, SPELLABLE, 4, top_k=1, tail_samples=64), TABLE)
+             for _ in range(200)]
+    estimate = torch.stack(draws).mean()
+    assert estimate.item() == pytest.approx(_string_kl_by_enumeration(teacher, mixture).item(), abs=5e-3)
+
+
+def test_objective_auto_and_a_marginal_objective_for_a_mixture():
+    assert resolve_objective("auto", "linear") == "marginal" and resolve_objective("auto", "mlp") == "marginal"
+    assert resolve_objective("auto", "mixture") == "token" and resolve_objective("auto", "autoregressive") == "token"
+    assert resolve_objective("token", "linear") == "token"
+    with pytest.raises(ValueError, match=r"loss.objective=marginal fits only heads that factorise"):
+        resolve_objective("marginal", "mixture")
 
 
 @settings(max_examples=10, deadline=None)
@@ -141,7 +204,7 @@ def test_targets_and_kl_stay_fp32_inside_a_bf16_autocast_step():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = head_marginals(logits, table, spellable, n_symbols=6)
         kl = marginal_kl(student.bfloat16(), plain.marginals)
-        ce, _ = spelled_cross_entropy(student.bfloat16(), torch.arange(8), table, spellable)
+        ce, _ = spelled_cross_entropy(Factorised(student.bfloat16()), torch.arange(8), table, spellable)
     assert mixed.marginals.dtype == mixed.dropped_mass.dtype == kl.dtype == ce.dtype == torch.float32
     assert torch.equal(mixed.marginals, plain.marginals) and torch.equal(mixed.dropped_mass, plain.dropped_mass)
     torch.testing.assert_close(kl, marginal_kl(student.bfloat16().float(), plain.marginals))

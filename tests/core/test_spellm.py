@@ -27,8 +27,9 @@ def _spellm_and_causal_lm_outputs(teacher, k):
 def test_teacher_logits_from_the_same_pass_equal_the_causal_lm(name, tiny_teacher):
     out, expected, batch = _spellm_and_causal_lm_outputs(tiny_teacher(name), k=6)
     torch.testing.assert_close(out.teacher_logits, expected)
-    assert out.log_probs.shape == (*batch.input_ids.shape, 6, Alphabet.ascii_().size)
-    torch.testing.assert_close(out.log_probs.logsumexp(-1), torch.zeros(out.log_probs.shape[:-1]))
+    log_probs = out.strings.marginal_log_probs()  # one row per (batch, time) position
+    assert log_probs.shape == (batch.input_ids.numel(), 6, Alphabet.ascii_().size)
+    torch.testing.assert_close(log_probs.logsumexp(-1), torch.zeros(log_probs.shape[:-1]))
 
 
 def test_final_logit_softcapping_belongs_to_the_teacher_head(cache_dir):
@@ -47,7 +48,7 @@ def test_build_rejects_bad_k(tiny_teacher):
 def _train_heads_one_step(spellm, tokenizer):
     optimizer = torch.optim.SGD(spellm.heads.parameters(), lr=0.1)
     batch = _batch(tokenizer)
-    loss = -spellm(batch.input_ids, batch.attention_mask).log_probs[..., 0].mean()
+    loss = -spellm(batch.input_ids, batch.attention_mask).strings.marginal_log_probs()[..., 0].mean()
     loss.backward()
     optimizer.step()
 
@@ -68,7 +69,7 @@ def test_save_load_round_trip_keeps_outputs_and_the_tied_embedding(cache_dir, tm
     assert loaded.alphabet == spellm.alphabet and loaded.k == 5
     batch = _batch(teacher.tokenizer)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**batch).log_probs, spellm(**batch).log_probs, rtol=0, atol=0)
+        torch.testing.assert_close(loaded(**batch).strings.marginal_log_probs(), spellm(**batch).strings.marginal_log_probs(), rtol=0, atol=0)
 
 
 def test_trained_backbone_is_saved_and_restored(cache_dir, tmp_path):
@@ -80,7 +81,7 @@ def test_trained_backbone_is_saved_and_restored(cache_dir, tmp_path):
     loaded = SpeLLM.load(tmp_path / "ckpt", cache_dir=cache_dir)
     batch = _batch(teacher.tokenizer)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**batch).log_probs, spellm(**batch).log_probs)
+        torch.testing.assert_close(loaded(**batch).strings.marginal_log_probs(), spellm(**batch).strings.marginal_log_probs())
 
 
 def test_load_against_another_tokenizer_fails_clearly(tiny_teacher, cache_dir, tmp_path):

@@ -26,9 +26,10 @@ from spellm_exp.benchmarks.measure import (
     peak_rise_mb,
     resolve_device,
 )
-from spellm_exp.config import Init, ModelConfig, model_config
+from spellm_exp.config import HeadKind, HeadsConfig, Init, ModelConfig, model_config, typed
 from spellm_exp.core.charset import SpellingError, TokenSpellings, build_alphabet, check_charset, token_counts
 from spellm_exp.core.decoding import SpeLLMHead, TeacherHead, generate
+from spellm_exp.core.heads import settings_dict
 from spellm_exp.core.spellm import SpeLLM, checkpoint_folder
 from spellm_exp.data.corpus import corpus_texts
 from spellm_exp.provenance import provenance
@@ -47,13 +48,14 @@ class Bound:
     hidden_size: int
     k: int
     sigma: int
+    head_params: int | None = None  # the SpeLLM output layer's parameters; None: k |Sigma| d (linear heads)
 
     @property
     def ratio(self) -> float:
-        """(P_nonembedding + k |Sigma| d) / (P_nonembedding + |V| d): the decode-step ratio if weight bytes
-        read per step were the whole cost."""
-        return ((self.p_nonembedding + self.k * self.sigma * self.hidden_size)
-                / (self.p_nonembedding + self.vocab_size * self.hidden_size))
+        """(P_nonembedding + P_heads) / (P_nonembedding + |V| d), P_heads = k |Sigma| d for linear heads: the
+        decode-step ratio if weight bytes read per step were the whole cost."""
+        heads = self.k * self.sigma * self.hidden_size if self.head_params is None else self.head_params
+        return (self.p_nonembedding + heads) / (self.p_nonembedding + self.vocab_size * self.hidden_size)
 
 
 def check_bench_config(cfg: DictConfig) -> torch.device:
@@ -113,7 +115,7 @@ def build_spellm(cfg: DictConfig, device: torch.device) -> tuple[SpeLLM, str]:
         if cfg.charset.kind == "chars":  # counted on a slice of the distillation corpus
             counts = token_counts(teacher.tokenizer, corpus_texts(["boolq", "hellaswag"], 200_000))
         alphabet = build_alphabet(cfg.charset.kind, cfg.charset.size, spellings, counts)
-        spellm = SpeLLM.build(teacher, alphabet, cfg.k)
+        spellm = SpeLLM.build(teacher, alphabet, cfg.k, heads=typed(HeadsConfig, cfg.heads))
         source = "heads at init (unembedding_mean): timing does not depend on their values"
     spellm.heads.to(dtype)
     return spellm.to(device).eval(), source
@@ -180,7 +182,7 @@ def bench_batch(spellm: SpeLLM, prompts: list[str], cfg: DictConfig, device: tor
             lambda head=head: generate(spellm.causal_lm, spellm.tokenizer, prompts, head,
                                        max_new_tokens=cfg.decode_steps + 1, ignore_eos=True,
                                        max_steps=cfg.decode_steps), device)
-    hidden = torch.randn(batch_size, spellm.info.hidden_size, device=device, dtype=spellm.heads.weight.dtype)
+    hidden = torch.randn(batch_size, spellm.info.hidden_size, device=device, dtype=spellm.heads.dtype)
     layers = time_output_layers(heads["teacher"], heads["spellm"], hidden, cfg.layer_repeats, clock)
     layers["host_share_of_spellm_step"] = layers["spellm_host_ms"] / result["spellm"]["step_ms"]
     result["output_layer"] = layers
@@ -215,13 +217,18 @@ def run_bench(cfg: DictConfig) -> dict:
         return {**record, "skipped": reason}
     torch.manual_seed(cfg.seed)
     spellm, source = build_spellm(cfg, device)
+    heads = spellm.heads
+    linear = heads.kind is HeadKind.linear  # the paper's bound, k |Sigma| d, exactly as before
     bound = Bound(nonembedding_params(spellm.causal_lm), spellm.info.vocab_size, spellm.info.hidden_size,
-                  spellm.k, spellm.alphabet.size)
+                  spellm.k, spellm.alphabet.size, None if linear else heads.num_parameters())
     record.update({
         "init": spellm.info.origin,
         "teacher": spellm.info.as_dict(),
         "spellm": {"heads": source, "k": spellm.k, "sigma": spellm.alphabet.size,
-                   "alphabet": f"{spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}", "decode": cfg.decode},
+                   "alphabet": f"{spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}", "decode": cfg.decode,
+                   "head_type": settings_dict(heads.settings()), "head_params": heads.num_parameters(),
+                   "head_flops": heads.decode_flops(),
+                   "teacher_head_flops": 2 * spellm.info.vocab_size * spellm.info.hidden_size},
         "bound": {**bound.__dict__, "ratio": bound.ratio},
         "settings": {key: OmegaConf.to_container(cfg, resolve=True)[key] for key in
                      ("prompt_tokens", "decode_steps", "warmup", "repeats", "layer_repeats")},

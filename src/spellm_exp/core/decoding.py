@@ -19,7 +19,6 @@ import torch
 
 from spellm_exp.core.backbone import run_backbone, teacher_head
 from spellm_exp.core.charset import EOS, PAD, CharsetKind, SegmentationError, TokenSpellings, units_to_bytes
-from spellm_exp.core.scoring import vocab_scores
 from spellm_exp.core.spellm import SpeLLM
 
 DECODE_MODES = ("teacher", "free", "vocab")
@@ -91,16 +90,14 @@ class SpeLLMHead:
 
     def propose(self, hidden: torch.Tensor) -> list[Proposal]:
         if self.mode == "vocab":
-            scores = vocab_scores(torch.log_softmax(self.spellm.heads(hidden).float(), -1),
-                                  self.spellm.spelling_table, self.spellm.spellable)
+            scores = self.spellm.heads(hidden).vocab_log_probs(self.spellm.spelling_table, self.spellm.spellable)
             return [self._token(i) for i in scores.argmax(-1).tolist()]
         return self.strings(self.symbols(hidden))
 
     def symbols(self, hidden: torch.Tensor) -> list[list[int]]:
-        """The device part of a `free` step: fused heads, k argmaxes, one copy to the host."""
-        logits = self.spellm.heads(hidden)  # [B, k, |Sigma|]
-        logits[:, 0, PAD] = float("-inf")  # the first character may not be PAD
-        return logits.argmax(-1).tolist()
+        """The device part of a `free` step: the heads' greedy string (linear: k argmaxes, the first not PAD),
+        one copy to the host."""
+        return self.spellm.heads(hidden).greedy(forbid_pad_first=True).tolist()
 
     def strings(self, symbols: list[list[int]]) -> list[Proposal]:
         """The host part: each row's symbols -> its string and the input ids that carry it."""

@@ -1,31 +1,262 @@
-"""The k character heads: k independent linear maps d -> |Sigma|, evaluated as one fused matmul.
+"""The SpeLLM's output layer: for each position, a distribution over the strings of Sigma^k.
 
-One parameter tensor of shape [k, |Sigma|, d] holds the k heads as separate slices: each head
-has its own weights (unlike Medusa's list-multiplied heads, which silently shared one module),
-and the fused evaluation is a single [k*|Sigma|, d] matmul.
+Every head type maps the final hidden state [n, d] to a `StringDistribution`, which scores given
+strings exactly (`log_prob`), proposes the greedy string, and gives per-position marginals and the
+scores of the vocabulary's spellings. Scoring, decoding and the token-level loss only use that
+interface, so they treat every head type alike. The types (`heads.kind`, conf/heads/):
+
+- `linear` (the paper's): k independent linear maps d -> |Sigma|, held as one [k, |Sigma|, d] tensor (k
+  separate parameter slices, unlike Medusa's list-multiplied heads, which silently shared one module)
+  and evaluated as a single fused matmul;
+- `mlp`: a residual MLP trunk d -> r -> d shared by the k linear heads;
+- `mixture`: p(s) = sum_m pi_m prod_i p_{m,i}(s_i), M products mixed by a small gate;
+- `autoregressive`: the linear heads plus a character decoder: position i adds U_i gelu(C h + Q_i + z_i),
+  z_i = sum_{j<i} E_j[s_j] the position-tagged embeddings of the earlier characters. After a PAD or EOS
+  the string is over, so every later symbol is PAD with probability 1: the distribution is over valid
+  strings only.
+
+All of them start as the `linear` heads' product (the extra parts are zero-initialised), except the
+mixture's components, which start as noisy copies of it.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spellm_exp.core.charset import SpellingTable
+from spellm_exp.config import HeadKind, HeadsConfig
+from spellm_exp.core.charset import EOS, PAD, SpellingTable
 
 
-class CharHeads(nn.Module):
-    def __init__(self, k: int, n_symbols: int, hidden_size: int, dtype: torch.dtype = torch.float32):
+# --- distributions over Sigma^k ------------------------------------------------------------------
+def vocab_scores(log_probs: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor) -> torch.Tensor:
+    """sum_i log p_i(S[v, i]) for every v: [n, k, S] -> [n, |V|], unspellable ids at -inf."""
+    scores = torch.zeros(log_probs.shape[0], table.shape[0], device=log_probs.device)
+    for i in range(table.shape[1]):
+        scores += log_probs[:, i, table[:, i]]
+    return scores.masked_fill(~spellable, -math.inf)
+
+
+def _gather_strings(log_probs: torch.Tensor, strings: torch.Tensor) -> torch.Tensor:
+    """log p_i(s_i) of each string: [n, ..., k, S] per-position log-probs, [n, ..., k] strings -> [n, ..., k]."""
+    shape = torch.broadcast_shapes(log_probs.shape[:-1], strings.shape)  # views, no copies
+    index = strings.expand(shape).unsqueeze(-1)
+    return log_probs.expand(*shape, log_probs.shape[-1]).gather(-1, index).squeeze(-1)
+
+
+def _argmax(log_probs: torch.Tensor, forbid_pad_first: bool) -> torch.Tensor:
+    if forbid_pad_first:  # decoding: an empty string is no output
+        log_probs = log_probs.clone()
+        log_probs[..., 0, PAD] = -math.inf
+    return log_probs.argmax(-1)
+
+
+class StringDistribution:
+    """p(s) for s in Sigma^k at each of n positions."""
+
+    factorised = False  # a product over positions of its marginals
+
+    def log_prob(self, strings: torch.Tensor) -> torch.Tensor:
+        """log p(s): [n, m, k] symbol ids (m candidate strings per position) -> [n, m]."""
+        raise NotImplementedError
+
+    def greedy(self, forbid_pad_first: bool = True) -> torch.Tensor:
+        """The string the head emits: [n, k]."""
+        raise NotImplementedError
+
+    def marginal_log_probs(self) -> torch.Tensor:
+        """Per-position log-probabilities [n, k, S]: the exact marginals (the autoregressive type: the
+        conditionals along its greedy string), for metrics and the `product` of factorised heads."""
+        raise NotImplementedError
+
+    def vocab_log_probs(self, table: torch.Tensor, spellable: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """log p(S[v]) for every vocabulary id: [n, |V|], unspellable ids at -inf (string by string)."""
+        parts = [self.log_prob(table[start:start + chunk].unsqueeze(0).expand(self.size, -1, -1))
+                 for start in range(0, table.shape[0], chunk)]
+        return torch.cat(parts, dim=1).masked_fill(~spellable, -math.inf)
+
+    @property
+    def size(self) -> int:
+        return self.device_tensor.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.device_tensor.device
+
+    @property
+    def device_tensor(self) -> torch.Tensor:
+        """A tensor with one row per position (its device is the distribution's)."""
+        raise NotImplementedError
+
+
+class Factorised(StringDistribution):
+    """prod_i p_i(s_i), from per-position logits [n, k, S] (normalised when first needed: greedy decoding
+    needs only their argmax)."""
+
+    factorised = True
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+        self._log_probs: torch.Tensor | None = None
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        if self._log_probs is None:
+            self._log_probs = F.log_softmax(self.logits.float(), dim=-1)
+        return self._log_probs
+
+    @property
+    def device_tensor(self) -> torch.Tensor:
+        return self.logits
+
+    def log_prob(self, strings: torch.Tensor) -> torch.Tensor:
+        return _gather_strings(self.log_probs.unsqueeze(1), strings).sum(-1)
+
+    def greedy(self, forbid_pad_first: bool = True) -> torch.Tensor:
+        return _argmax(self.logits, forbid_pad_first)
+
+    def marginal_log_probs(self) -> torch.Tensor:
+        return self.log_probs
+
+    def vocab_log_probs(self, table: torch.Tensor, spellable: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        return vocab_scores(self.log_probs, table, spellable)
+
+
+class Mixture(StringDistribution):
+    """sum_m pi_m prod_i p_{m,i}(s_i), from log weights [n, M] and per-component log-probs [n, M, k, S]."""
+
+    def __init__(self, log_weights: torch.Tensor, log_probs: torch.Tensor):
+        self.log_weights, self.log_probs = log_weights, log_probs
+
+    @property
+    def device_tensor(self) -> torch.Tensor:
+        return self.log_probs
+
+    def log_prob(self, strings: torch.Tensor) -> torch.Tensor:
+        per_component = _gather_strings(self.log_probs.unsqueeze(2), strings.unsqueeze(1)).sum(-1)  # [n, M, m]
+        return torch.logsumexp(self.log_weights.unsqueeze(-1) + per_component, dim=1)
+
+    def greedy(self, forbid_pad_first: bool = True) -> torch.Tensor:
+        """The best of the M components' argmax strings by p(s) under the whole mixture."""
+        candidates = _argmax(self.log_probs, forbid_pad_first)  # [n, M, k]
+        best = self.log_prob(candidates).argmax(-1)
+        return candidates[torch.arange(candidates.shape[0], device=best.device), best]
+
+    def marginal_log_probs(self) -> torch.Tensor:
+        return torch.logsumexp(self.log_weights[:, :, None, None] + self.log_probs, dim=1)
+
+    def vocab_log_probs(self, table: torch.Tensor, spellable: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        per_component = torch.stack([vocab_scores(self.log_probs[:, m], table, spellable)
+                                     for m in range(self.log_probs.shape[1])], dim=1)
+        return torch.logsumexp(self.log_weights.unsqueeze(-1) + per_component, dim=1)
+
+
+class Autoregressive(StringDistribution):
+    """p(s) = prod_i p(s_i | h, s_<i) of `AutoregressiveHeads`, for hidden states [n, d]."""
+
+    def __init__(self, heads: AutoregressiveHeads, hidden: torch.Tensor):
+        self.heads = heads
+        self.base = heads.linear.logits(hidden)  # [n, k, S]
+        self.context = heads.context(hidden)  # [n, r]
+
+    @property
+    def device_tensor(self) -> torch.Tensor:
+        return self.base
+
+    def log_prob(self, strings: torch.Tensor) -> torch.Tensor:
+        heads, k = self.heads, self.base.shape[1]
+        embedded = heads.embedding[torch.arange(k, device=strings.device), strings]  # [n, m, k, r]
+        earlier = embedded.cumsum(dim=2) - embedded  # z_i: the characters before i
+        act = F.gelu(self.context[:, None, None, :] + heads.position + earlier)
+        logits = self.base.unsqueeze(1) + torch.einsum("nmkr,ksr->nmks", act, heads.out_weight) + heads.out_bias
+        log_p = _gather_strings(F.log_softmax(logits.float(), dim=-1), strings)  # [n, m, k]
+        ended = _ended(strings)
+        forced = torch.where(strings == PAD, 0.0, -math.inf).to(log_p.dtype)
+        return torch.where(ended, forced, log_p).sum(-1)
+
+    def _steps(self, forbid_pad_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The greedy string [n, k] and the log-probs of each of its steps [n, k, S]."""
+        heads, (n, k, n_symbols) = self.heads, self.base.shape
+        earlier = torch.zeros_like(self.context)
+        symbols, steps = [], []
+        ended = torch.zeros(n, dtype=torch.bool, device=self.base.device)
+        for i in range(k):
+            act = F.gelu(self.context + heads.position[i] + earlier)
+            log_p = F.log_softmax((self.base[:, i] + act @ heads.out_weight[i].T + heads.out_bias[i]).float(), -1)
+            if i == 0 and forbid_pad_first:
+                log_p = log_p.clone()
+                log_p[:, PAD] = -math.inf
+            pad_only = torch.full_like(log_p, -math.inf)
+            pad_only[:, PAD] = 0.0
+            log_p = torch.where(ended.unsqueeze(-1), pad_only, log_p)
+            symbol = log_p.argmax(-1)
+            symbols.append(symbol)
+            steps.append(log_p)
+            earlier = earlier + heads.embedding[i, symbol]
+            ended = ended | (symbol == PAD) | (symbol == EOS)
+        return torch.stack(symbols, dim=1), torch.stack(steps, dim=1)
+
+    def greedy(self, forbid_pad_first: bool = True) -> torch.Tensor:
+        return self._steps(forbid_pad_first)[0]
+
+    def marginal_log_probs(self) -> torch.Tensor:
+        return self._steps(False)[1]
+
+
+def _ended(strings: torch.Tensor) -> torch.Tensor:
+    """[..., k]: whether a PAD or EOS came before position i (the string is over there)."""
+    stops = ((strings == PAD) | (strings == EOS)).long()
+    return (stops.cumsum(-1) - stops) > 0
+
+
+# --- the head modules ----------------------------------------------------------------------------
+class OutputHeads(nn.Module):
+    """hidden [..., d] -> StringDistribution; `kind` and `settings()` go into the checkpoint."""
+
+    kind: HeadKind
+
+    def __init__(self, k: int, n_symbols: int, hidden_size: int):
         super().__init__()
-        self.k, self.n_symbols = k, n_symbols
+        self.k, self.n_symbols, self.hidden_size = k, n_symbols, hidden_size
+
+    def settings(self) -> HeadsConfig:
+        return HeadsConfig(kind=self.kind)
+
+    def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
+        raise NotImplementedError
+
+    def decode_flops(self) -> int:
+        """Multiply-adds x 2 per position of one greedy decode step, next to the teacher's 2 |V| d."""
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+class LinearHeads(OutputHeads):
+    kind = HeadKind.linear
+
+    def __init__(self, k: int, n_symbols: int, hidden_size: int, dtype: torch.dtype = torch.float32):
+        super().__init__(k, n_symbols, hidden_size)
         self.weight = nn.Parameter(torch.empty(k, n_symbols, hidden_size, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(k, n_symbols, dtype=dtype))
         nn.init.normal_(self.weight, std=hidden_size**-0.5)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., d] -> logits [..., k, |Sigma|]."""
         fused = F.linear(hidden, self.weight.flatten(0, 1), self.bias.flatten())
         return fused.unflatten(-1, (self.k, self.n_symbols))
+
+    def forward(self, hidden: torch.Tensor) -> Factorised:
+        return Factorised(self.logits(hidden))
 
     @torch.no_grad()
     def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
@@ -33,13 +264,141 @@ class CharHeads(nn.Module):
 
         Symbols that no token has at position i get the mean over all spellable tokens.
         """
-        device = unembedding.device  # the teacher may already sit on a GPU; the table lives on the CPU
-        rows = unembedding[spelling.spellable.to(device)].to(torch.float32)
-        table = spelling.table[spelling.spellable].to(device)
-        fallback = rows.mean(dim=0)
-        for i in range(self.k):
-            sums = torch.zeros(self.n_symbols, rows.shape[1], device=device).index_add_(0, table[:, i], rows)
-            counts = torch.bincount(table[:, i], minlength=self.n_symbols).unsqueeze(1)
-            means = torch.where(counts > 0, sums / counts.clamp(min=1), fallback)
-            self.weight[i].copy_(means.to(self.weight.dtype))
+        self.weight.copy_(unembedding_means(unembedding, spelling, self.k, self.n_symbols).to(self.weight.dtype))
         self.bias.zero_()
+
+    def decode_flops(self) -> int:
+        return 2 * self.k * self.n_symbols * self.hidden_size
+
+
+def unembedding_means(unembedding: torch.Tensor, spelling: SpellingTable, k: int, n_symbols: int) -> torch.Tensor:
+    """[k, |Sigma|, d]: per (position i, symbol c), the mean unembedding row of the tokens with S[v, i] = c."""
+    device = unembedding.device  # the teacher may already sit on a GPU; the table lives on the CPU
+    rows = unembedding[spelling.spellable.to(device)].to(torch.float32)
+    table = spelling.table[spelling.spellable].to(device)
+    fallback = rows.mean(dim=0)
+    means = torch.empty(k, n_symbols, rows.shape[1], device=device)
+    for i in range(k):
+        sums = torch.zeros(n_symbols, rows.shape[1], device=device).index_add_(0, table[:, i], rows)
+        counts = torch.bincount(table[:, i], minlength=n_symbols).unsqueeze(1)
+        means[i] = torch.where(counts > 0, sums / counts.clamp(min=1), fallback)
+    return means
+
+
+class MLPHeads(OutputHeads):
+    """h + W_down gelu(W_up h), then the k linear heads; W_down starts at zero."""
+
+    kind = HeadKind.mlp
+
+    def __init__(self, k: int, n_symbols: int, hidden_size: int, trunk_multiple: int = 4,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__(k, n_symbols, hidden_size)
+        self.trunk_multiple = trunk_multiple
+        width = trunk_multiple * hidden_size
+        self.up = nn.Linear(hidden_size, width, dtype=dtype)
+        self.down = nn.Linear(width, hidden_size, dtype=dtype)
+        nn.init.zeros_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+        self.linear = LinearHeads(k, n_symbols, hidden_size, dtype)
+
+    def settings(self) -> HeadsConfig:
+        return HeadsConfig(kind=self.kind, trunk_multiple=self.trunk_multiple)
+
+    def forward(self, hidden: torch.Tensor) -> Factorised:
+        return self.linear(hidden + self.down(F.gelu(self.up(hidden))))
+
+    def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
+        self.linear.init_from_unembedding(unembedding, spelling)
+
+    def decode_flops(self) -> int:
+        return 4 * self.hidden_size * self.up.out_features + self.linear.decode_flops()
+
+
+class MixtureHeads(OutputHeads):
+    """M sets of k linear heads (one fused [M*k*|Sigma|, d] matmul) and a gate d -> M."""
+
+    kind = HeadKind.mixture
+
+    def __init__(self, k: int, n_symbols: int, hidden_size: int, components: int = 4,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__(k, n_symbols, hidden_size)
+        if components < 1:
+            raise ValueError(f"heads.components={components}: a mixture needs at least one component.")
+        self.components = components
+        self.weight = nn.Parameter(torch.empty(components, k, n_symbols, hidden_size, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(components, k, n_symbols, dtype=dtype))
+        nn.init.normal_(self.weight, std=hidden_size**-0.5)
+        self.gate = nn.Linear(hidden_size, components, dtype=dtype)
+
+    def settings(self) -> HeadsConfig:
+        return HeadsConfig(kind=self.kind, components=self.components)
+
+    def forward(self, hidden: torch.Tensor) -> Mixture:
+        fused = F.linear(hidden, self.weight.flatten(0, 2), self.bias.flatten())
+        log_probs = F.log_softmax(fused.unflatten(-1, (self.components, self.k, self.n_symbols)).float(), dim=-1)
+        return Mixture(F.log_softmax(self.gate(hidden).float(), dim=-1), log_probs)
+
+    @torch.no_grad()
+    def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
+        """Every component := the linear heads' init plus noise (10% of its spread), so they can part."""
+        means = unembedding_means(unembedding, spelling, self.k, self.n_symbols)
+        noise = torch.randn(self.components, *means.shape, device=means.device) * 0.1 * means.std()
+        self.weight.copy_((means + noise).to(self.weight.dtype))
+        self.bias.zero_()
+
+    def decode_flops(self) -> int:
+        return 2 * self.components * (self.k * self.n_symbols + 1) * self.hidden_size
+
+
+class AutoregressiveHeads(OutputHeads):
+    """The linear heads, plus per position i: U_i gelu(C h + Q_i + sum_{j<i} E_j[s_j]) (U starts at zero)."""
+
+    kind = HeadKind.autoregressive
+
+    def __init__(self, k: int, n_symbols: int, hidden_size: int, decoder_size: int = 128,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__(k, n_symbols, hidden_size)
+        self.decoder_size = decoder_size
+        self.linear = LinearHeads(k, n_symbols, hidden_size, dtype)
+        self.context = nn.Linear(hidden_size, decoder_size, dtype=dtype)
+        self.position = nn.Parameter(torch.zeros(k, decoder_size, dtype=dtype))
+        self.embedding = nn.Parameter(torch.randn(k, n_symbols, decoder_size, dtype=dtype) * decoder_size**-0.5)
+        self.out_weight = nn.Parameter(torch.zeros(k, n_symbols, decoder_size, dtype=dtype))
+        self.out_bias = nn.Parameter(torch.zeros(k, n_symbols, dtype=dtype))
+
+    def settings(self) -> HeadsConfig:
+        return HeadsConfig(kind=self.kind, decoder_size=self.decoder_size)
+
+    def forward(self, hidden: torch.Tensor) -> Autoregressive:
+        return Autoregressive(self, hidden)
+
+    def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
+        self.linear.init_from_unembedding(unembedding, spelling)
+
+    def decode_flops(self) -> int:
+        per_step = 2 * self.n_symbols * self.decoder_size + 2 * self.decoder_size
+        return self.linear.decode_flops() + 2 * self.hidden_size * self.decoder_size + self.k * per_step
+
+
+FACTORISED_KINDS = frozenset({HeadKind.linear, HeadKind.mlp})  # distributions that are products over positions
+HEAD_TYPES: dict[HeadKind, type[OutputHeads]] = {
+    cls.kind: cls for cls in (LinearHeads, MLPHeads, MixtureHeads, AutoregressiveHeads)}
+
+
+def build_heads(settings: HeadsConfig, k: int, n_symbols: int, hidden_size: int,
+                dtype: torch.dtype = torch.float32) -> OutputHeads:
+    """The head module of `settings.kind`, randomly initialised."""
+    kind = HeadKind(settings.kind)
+    extra = {HeadKind.mlp: {"trunk_multiple": settings.trunk_multiple},
+             HeadKind.mixture: {"components": settings.components},
+             HeadKind.autoregressive: {"decoder_size": settings.decoder_size}}.get(kind, {})
+    return HEAD_TYPES[kind](k, n_symbols, hidden_size, dtype=dtype, **extra)
+
+
+def settings_dict(settings: HeadsConfig) -> dict:
+    """The fields of `settings` that its kind reads, as JSON data (what a checkpoint records)."""
+    data = {key: value for key, value in asdict(settings).items()}
+    kind = HeadKind(data.pop("kind"))
+    used = {HeadKind.mlp: "trunk_multiple", HeadKind.mixture: "components",
+            HeadKind.autoregressive: "decoder_size"}.get(kind)
+    return {"kind": kind.value, **({used: data[used]} if used else {})}

@@ -6,7 +6,9 @@ repeatedly; those segments are both what the heads must spell and the teacher-fo
 
     log p_S(y) = sum over segments j, sum over heads i, of log p_i(S[seg_j, i])   (mode "product")
 
-Mode "vocab_normalized" renormalises each segment's score over the spellable vocabulary.
+Mode "vocab_normalized" renormalises each segment's score over the spellable vocabulary. log p_S is
+whatever the head type's distribution over Sigma^k gives the segment's spelling (core.heads); for the
+`linear` heads, the sum above.
 """
 
 from __future__ import annotations
@@ -18,12 +20,10 @@ import torch
 from torch import nn
 
 from spellm_exp.core.backbone import run_backbone, teacher_head
+from spellm_exp.core.ceilings import is_ceiling
 from spellm_exp.core.charset import SegmentationError, SpellingTable, bytes_to_units
 
 MODES = ("product", "vocab_normalized")
-# where the per-head log-probabilities come from: the trained heads, or the teacher's own marginals
-# (perfect heads: the ceiling of the factorisation, whatever the training)
-SOURCES = ("heads", "teacher_marginals")
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,6 @@ def _cover_run(spelling: SpellingTable, run: list[int]) -> list[int]:
     return spelling.cover(units)
 
 
-def vocab_scores(log_probs: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor) -> torch.Tensor:
-    """sum_i log p_i(S[v, i]) for every v: [n, k, S] -> [n, |V|], unspellable ids at -inf."""
-    scores = torch.zeros(log_probs.shape[0], table.shape[0], device=log_probs.device)
-    for i in range(table.shape[1]):
-        scores += log_probs[:, i, table[:, i]]
-    return scores.masked_fill(~spellable, -math.inf)
-
-
 def _continuation_hidden(causal_lm, pairs: list[tuple[list[int], list[int]]], batch_size: int):
     """Teacher-forced hidden states that predict each target: yields (index, [len(targets), d])."""
     device = next(causal_lm.parameters()).device
@@ -123,9 +115,8 @@ def score_token_requests(spellm: nn.Module, pairs: list[tuple[list[int], list[in
     """Scores of a SpeLLM (core.spellm) for continuation token ids after context ids (segmented as method.md says)."""
     if mode not in MODES:
         raise ValueError(f"score={mode} is unknown; use one of {MODES}.")
-    if source not in SOURCES:
-        raise ValueError(f"source={source} is unknown; use one of {SOURCES}.")
-    head_log_probs = spellm.head_log_probs if source == "heads" else spellm.teacher_marginal_log_probs
+    if source != "heads" and not is_ceiling(source):  # where the string distribution comes from (SpeLLM.strings)
+        raise ValueError(f"source={source} is unknown; use heads, teacher_marginals or teacher_mixture_M.")
     spelling = spellm.spelling
     prepared, owners, n_resegmented = [], [], {}
     results: list[ScoreResult | None] = [None] * len(pairs)
@@ -144,14 +135,15 @@ def score_token_requests(spellm: nn.Module, pairs: list[tuple[list[int], list[in
     device = table.device
     for position, hidden in _continuation_hidden(spellm.causal_lm, prepared, batch_size):
         index, segments = owners[position], prepared[position][1]
-        log_probs = head_log_probs(hidden)  # [n, k, S]
+        strings = spellm.strings(hidden, source)
         targets = table[torch.tensor(segments, device=device)]  # [n, k]
-        per_segment = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
+        per_segment = strings.log_prob(targets.unsqueeze(1)).squeeze(1)
         if mode == "product":
-            greedy = bool((log_probs.argmax(-1) == targets).all())
+            # every position's argmax is the segment's symbol (no PAD rule: a segment never starts with PAD)
+            greedy = bool((strings.greedy(forbid_pad_first=False) == targets).all())
             logprob = per_segment.sum().item()
         else:
-            vocab = vocab_scores(log_probs, table, spellable)
+            vocab = strings.vocab_log_probs(table, spellable)
             greedy = bool((table[vocab.argmax(-1)] == targets).all())  # same spelling, any id
             logprob = (per_segment - torch.logsumexp(vocab, dim=-1)).sum().item()
         results[index] = ScoreResult(logprob, greedy, len(segments), n_resegmented[index])

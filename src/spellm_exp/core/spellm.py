@@ -12,19 +12,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spellm_exp.config import HeadInit, ModelConfig
+from spellm_exp.config import HeadInit, HeadKind, HeadsConfig, ModelConfig
 from spellm_exp.core.backbone import run_backbone, teacher_head
 from spellm_exp.core.charset import Alphabet, SpellingError, SpellingTable, TokenSpellings
-from spellm_exp.core.heads import CharHeads
-from spellm_exp.core.losses import head_marginals, spelling_matrix
+from spellm_exp.core.ceilings import TEACHER_MARGINALS, mixture_components, teacher_marginals, teacher_mixture
+from spellm_exp.core.heads import OutputHeads, StringDistribution, build_heads, settings_dict
+from spellm_exp.core.losses import spelling_matrix
 from spellm_exp.core.scoring import score_requests
 from spellm_exp.teachers import Teacher, load_teacher
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the head type (`heads`); a format-1 checkpoint holds linear heads
 META_FILE, HEADS_FILE, BACKBONE_FILE = "spellm.json", "heads.safetensors", "backbone.safetensors"
 LORA_FOLDER = "lora"
 
@@ -35,14 +35,14 @@ class CheckpointError(ValueError):
 
 @dataclass
 class SpeLLMOutput:
-    log_probs: torch.Tensor  # [batch, time, k, |Sigma|], fp32
+    strings: StringDistribution  # over Sigma^k, at each of batch x time positions (flattened)
     teacher_logits: torch.Tensor | None  # [batch, time, |V|], when asked for
     hidden: torch.Tensor  # [batch, time, d], the final normed hidden state
     past_key_values: object | None
 
 
 class SpeLLM(nn.Module):
-    def __init__(self, teacher: Teacher, spelling: SpellingTable, heads: CharHeads):
+    def __init__(self, teacher: Teacher, spelling: SpellingTable, heads: OutputHeads):
         super().__init__()
         self.causal_lm = teacher.model
         self.heads = heads
@@ -51,20 +51,22 @@ class SpeLLM(nn.Module):
         # device copies of the table, for the loss, scoring and decoding (spelling.* stay on the CPU)
         self.register_buffer("spelling_table", spelling.table, persistent=False)
         self.register_buffer("spellable", spelling.spellable, persistent=False)
-        self._marginal_matrix: torch.Tensor | None = None  # built on first use of teacher_marginal_log_probs
+        self._marginal_matrix: torch.Tensor | None = None  # built on first use of a ceiling
 
     @classmethod
     def build(cls, teacher: Teacher, alphabet: Alphabet, k: int, init: HeadInit | str = HeadInit.unembedding_mean,
-              seed: int = 0) -> SpeLLM:
+              seed: int = 0, heads: HeadsConfig | None = None) -> SpeLLM:
+        """A SpeLLM with new heads of type `heads` (default: the paper's linear heads)."""
         spelling = _pad_table(SpellingTable(TokenSpellings.from_tokenizer(teacher.tokenizer), alphabet, k),
                               teacher.info.vocab_size)
         unembedding = teacher.model.get_output_embeddings().weight
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            heads = CharHeads(k, alphabet.size, unembedding.shape[1], dtype=unembedding.dtype)
-        if HeadInit(init) is HeadInit.unembedding_mean:
-            heads.init_from_unembedding(unembedding.detach(), spelling)
-        return cls(teacher, spelling, heads)
+            head_module = build_heads(heads or HeadsConfig(), k, alphabet.size, unembedding.shape[1],
+                                      dtype=unembedding.dtype)
+            if HeadInit(init) is HeadInit.unembedding_mean:
+                head_module.init_from_unembedding(unembedding.detach(), spelling)
+        return cls(teacher, spelling, head_module)
 
     @property
     def k(self) -> int:
@@ -83,26 +85,27 @@ class SpeLLM(nn.Module):
         """The teacher's own output layer, exactly as its CausalLM applies it."""
         return teacher_head(self.causal_lm, hidden)
 
-    def head_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.heads(hidden).float(), dim=-1)
-
-    def teacher_marginal_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        """log q_i: the teacher's own per-head marginals, i.e. what perfectly distilled heads would output.
-
-        Scoring with these instead of the heads measures the factorisation's ceiling, apart from
-        how well the heads learned it. [n, d] -> [n, k, |Sigma|].
-        """
+    def strings(self, hidden: torch.Tensor, source: str = "heads") -> StringDistribution:
+        """The distribution over Sigma^k at each position of hidden [n, d]: the heads' own (`heads`), or a
+        ceiling built from the teacher's distribution (core.ceilings: `teacher_marginals`, the perfect
+        independent heads; `teacher_mixture_M`), which measures what a head type could reach at best."""
+        if source == "heads":
+            return self.heads(hidden)
         if self._marginal_matrix is None:
             self._marginal_matrix = spelling_matrix(self.spelling_table, self.alphabet.size)
-        targets = head_marginals(self.teacher_logits(hidden), self.spelling_table, self.spellable,
-                                 self.alphabet.size, matrix=self._marginal_matrix)
-        return targets.marginals.clamp(min=1e-30).log()
+        args = (self.teacher_logits(hidden), self.spelling_table, self.spellable, self.alphabet.size)
+        if source == TEACHER_MARGINALS:
+            return teacher_marginals(*args, matrix=self._marginal_matrix)
+        components = mixture_components(source)
+        if components is None:
+            raise ValueError(f"source={source} is unknown; use heads, {TEACHER_MARGINALS} or teacher_mixture_M.")
+        return teacher_mixture(*args, components, matrix=self._marginal_matrix)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 return_teacher_logits: bool = False, **backbone_kwargs) -> SpeLLMOutput:
         hidden, past = self.backbone(input_ids, attention_mask, **backbone_kwargs)
         teacher = self.teacher_logits(hidden) if return_teacher_logits else None
-        return SpeLLMOutput(self.head_log_probs(hidden), teacher, hidden, past)
+        return SpeLLMOutput(self.heads(hidden.flatten(0, -2)), teacher, hidden, past)
 
     def score(self, context: str, continuation: str, mode: str = "product"):
         """log p_S(continuation | context) and is_greedy (see scoring.py)."""
@@ -114,8 +117,7 @@ class SpeLLM(nn.Module):
         trained: its weights (`backbone_trained`), or only its LoRA adapters (`peft_model`)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"weight": self.heads.weight.detach().contiguous(),
-                   "bias": self.heads.bias.detach().contiguous()}, folder / HEADS_FILE)
+        save_file({name: p.detach().contiguous() for name, p in self.heads.state_dict().items()}, folder / HEADS_FILE)
         if peft_model is not None:
             peft_model.save_pretrained(folder / LORA_FOLDER)
         elif backbone_trained:
@@ -124,6 +126,7 @@ class SpeLLM(nn.Module):
         meta = {
             "format_version": FORMAT_VERSION,
             "k": self.k,
+            "heads": settings_dict(self.heads.settings()),
             "alphabet": self.alphabet.to_json(),
             "spelling_fingerprint": self.spelling.fingerprint(),
             "vocab_size": self.spelling.vocab_size,
@@ -135,8 +138,10 @@ class SpeLLM(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, teacher_config: ModelConfig | None = None,
-             alphabet: Alphabet | None = None, cache_dir: str | None = None) -> SpeLLM:
-        """Rebuild a saved SpeLLM; `teacher_config` replaces the saved teacher reference."""
+             alphabet: Alphabet | None = None, cache_dir: str | None = None, heads: HeadsConfig | None = None
+             ) -> SpeLLM:
+        """Rebuild a saved SpeLLM; `teacher_config` replaces the saved teacher reference. `alphabet` and
+        `heads`, when given, must be what the checkpoint holds."""
         folder = Path(folder)
         if not (folder / META_FILE).exists():
             raise CheckpointError(f"{folder} is not a SpeLLM checkpoint: {META_FILE} is missing.")
@@ -146,6 +151,12 @@ class SpeLLM(nn.Module):
             raise CheckpointError(
                 f"The checkpoint's alphabet ({_describe(saved_alphabet)}) differs from the one asked for "
                 f"({_describe(alphabet)}); drop the charset override or distil new heads.")
+        saved_heads = HeadsConfig(**meta.get("heads", {"kind": HeadKind.linear.value}))  # format 1: linear
+        saved_heads.kind = HeadKind(saved_heads.kind)
+        if heads is not None and settings_dict(heads) != settings_dict(saved_heads):
+            raise CheckpointError(
+                f"The checkpoint holds heads {settings_dict(saved_heads)}, not the {settings_dict(heads)} asked "
+                f"for; drop the heads override or distil new heads of that type.")
         config = teacher_config or ModelConfig(**meta["teacher"]["config"])
         if cache_dir is not None:
             config.cache_dir = cache_dir
@@ -159,15 +170,16 @@ class SpeLLM(nn.Module):
                 f"the tokenizer of teacher '{config.name}' (|V|={spelling.vocab_size:,}). Load it with the "
                 f"teacher it was distilled from, or distil new heads for this teacher.")
         tensors = load_file(folder / HEADS_FILE)
-        heads = CharHeads(meta["k"], saved_alphabet.size, teacher.info.hidden_size, dtype=tensors["weight"].dtype)
-        heads.load_state_dict(tensors)
+        head_module = build_heads(saved_heads, meta["k"], saved_alphabet.size, teacher.info.hidden_size,
+                                  dtype=next(iter(tensors.values())).dtype)
+        head_module.load_state_dict(tensors)
         if (folder / BACKBONE_FILE).exists():
             teacher.model.load_state_dict(load_file(folder / BACKBONE_FILE), strict=False)
         if (folder / LORA_FOLDER).exists():
             from peft import PeftModel
 
             teacher.model = PeftModel.from_pretrained(teacher.model, folder / LORA_FOLDER).merge_and_unload()
-        return cls(teacher, spelling, heads)
+        return cls(teacher, spelling, head_module)
 
 
 def checkpoint_folder(path: str | Path) -> Path | None:

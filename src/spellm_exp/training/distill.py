@@ -22,6 +22,8 @@ from spellm_exp.config import (
     CharsetConfig,
     DataConfig,
     HeadInit,
+    HeadKind,
+    HeadsConfig,
     LossConfig,
     Trainable,
     TrainConfig,
@@ -29,6 +31,8 @@ from spellm_exp.config import (
     typed,
 )
 from spellm_exp.core.charset import SpellingError, TokenSpellings, build_alphabet, check_charset
+from spellm_exp.core.heads import FACTORISED_KINDS, settings_dict
+from spellm_exp.core.losses import resolve_objective
 from spellm_exp.core.spellm import SpeLLM, model_config_dict
 from spellm_exp.data.datamodule import DistillDataModule, check_data_config
 from spellm_exp.data.features import FeatureStore, feature_key
@@ -54,18 +58,36 @@ def check_train_config(cfg: DictConfig) -> None:
         check_model_config(model_config(cfg))
         check_data_config(typed(DataConfig, cfg.data))
         train, loss = typed(TrainConfig, cfg.train), typed(LossConfig, cfg.loss)
+        heads: HeadsConfig = typed(HeadsConfig, cfg.heads)
         HeadInit(cfg.heads_init)
+        objective = resolve_objective(loss.objective, heads.kind)
     except (SpellingError, TeacherConfigError, ValueError) as err:
         raise ConfigError(str(err)) from err
     except Exception as err:  # omegaconf validation errors name the key and the allowed values
         raise ConfigError(str(err).splitlines()[0]) from err
     if loss.temperature <= 0 or loss.ce_weight < 0 or loss.chunk_elements < 1:
         raise ConfigError("loss.temperature must be > 0, loss.ce_weight >= 0 and loss.chunk_elements >= 1.")
+    check_heads_config(heads, loss, objective)
     if train.lr <= 0:
         raise ConfigError(f"train.lr={train.lr} must be > 0.")
     if train.cache_features and train.trainable is not Trainable.heads:
         raise ConfigError(f"train.cache_features=true needs a frozen backbone (train.trainable=heads, not "
                           f"{train.trainable.value}); drop one of the two overrides.")
+
+
+def check_heads_config(heads: HeadsConfig, loss: LossConfig, objective: str) -> None:
+    sizes = {HeadKind.mlp: ("heads.trunk_multiple", heads.trunk_multiple),
+             HeadKind.mixture: ("heads.components", heads.components),
+             HeadKind.autoregressive: ("heads.decoder_size", heads.decoder_size)}.get(heads.kind)
+    if sizes is not None and sizes[1] < 1:
+        raise ConfigError(f"{sizes[0]}={sizes[1]} must be >= 1.")
+    if objective == "token" and heads.kind not in FACTORISED_KINDS:
+        if loss.top_k < 1 or loss.tail_samples < 0:
+            raise ConfigError(f"loss.top_k={loss.top_k} must be >= 1 and loss.tail_samples={loss.tail_samples} "
+                              ">= 0 for the token objective of heads that do not factorise.")
+        if loss.temperature != 1.0:
+            raise ConfigError(f"loss.temperature={loss.temperature}: heads={heads.kind.value} has no per-position "
+                              "logits to soften; use loss.temperature=1.")
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -120,7 +142,8 @@ def distil(cfg: DictConfig, run_dir: Path) -> dict:
     charset: CharsetConfig = typed(CharsetConfig, cfg.charset)
     # every rank counts the same cached blocks, so every rank builds this same alphabet and table
     alphabet = build_alphabet(charset.kind.value, charset.size, TokenSpellings.from_tokenizer(teacher.tokenizer), counts)
-    spellm = SpeLLM.build(teacher, alphabet, cfg.k, init=cfg.heads_init, seed=cfg.seed)
+    spellm = SpeLLM.build(teacher, alphabet, cfg.k, init=cfg.heads_init, seed=cfg.seed,
+                          heads=typed(HeadsConfig, cfg.heads))
     coverage = spellm.spelling.coverage(counts[: spellm.spelling.vocab_size])
     log.info("alphabet: %s, |Sigma|=%d, k=%d; coverage %s", alphabet.kind.value, alphabet.size, cfg.k, coverage)
 
@@ -135,6 +158,8 @@ def distil(cfg: DictConfig, run_dir: Path) -> dict:
         "teacher": teacher.info.as_dict(),
         "k": cfg.k,
         "alphabet": {"kind": alphabet.kind.value, "sigma": alphabet.size},
+        "heads": {**settings_dict(spellm.heads.settings()), "params": spellm.heads.num_parameters(),
+                  "decode_flops": spellm.heads.decode_flops(), "loss_objective": module.objective},
         "trainable": train_cfg.trainable.value,
         "coverage": coverage,
         "steps": trainer.global_step,

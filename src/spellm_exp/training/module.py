@@ -21,7 +21,14 @@ from lightning.pytorch import LightningModule
 from spellm_exp.config import LossConfig, Trainable, TrainConfig
 from spellm_exp.core.backbone import run_backbone, teacher_head
 from spellm_exp.core.charset import PAD
-from spellm_exp.core.losses import Targets, chunked_head_marginals, distillation_loss, spelling_matrix
+from spellm_exp.core.heads import FACTORISED_KINDS
+from spellm_exp.core.losses import (
+    Targets,
+    chunked_head_marginals,
+    distillation_loss,
+    resolve_objective,
+    spelling_matrix,
+)
 from spellm_exp.core.spellm import SpeLLM
 from spellm_exp.data.features import FeatureStore
 from spellm_exp.training.distributed import check_same_on_every_rank
@@ -32,6 +39,10 @@ class DistillModule(LightningModule):
         super().__init__()
         self.spellm, self.train_cfg, self.loss_cfg = spellm, train, loss
         self.mode = Trainable(train.trainable)
+        self.objective = resolve_objective(loss.objective, spellm.heads.kind)
+        # the teacher's top tokens and tail draws: only the token objective of heads that do not factorise
+        sampled = self.objective == "token" and spellm.heads.kind not in FACTORISED_KINDS
+        self._top_k, self._tail_samples = (loss.top_k, loss.tail_samples) if sampled else (0, 0)
         if features is not None and self.mode is not Trainable.heads:
             raise ValueError("A feature cache needs a frozen backbone: train.trainable=heads.")
         self.features = features
@@ -106,32 +117,39 @@ class DistillModule(LightningModule):
         return self.spellm.backbone(ids)[0], teacher_hidden, self.teacher_lm
 
     def loss_parts(self, ids: torch.Tensor, index: torch.Tensor | None = None):
-        """(loss parts, student logits [N, k, S], targets, next-token ids [N]) for a batch of ids
+        """(loss parts, student distribution over N positions, targets, next-token ids [N]) for a batch of ids
         (blocks `index` of the data, for the feature cache)."""
         hidden, teacher_hidden, teacher_lm = self._hidden_states(ids, index)
         with torch.no_grad():
             targets = chunked_head_marginals(
                 teacher_hidden.flatten(0, 1), lambda h: teacher_head(teacher_lm, h), self.table, self.spellable,
                 self.spellm.alphabet.size, self.loss_cfg.temperature,
-                self.loss_cfg.chunk_positions(self.table.shape[0]), self.spelling_matrix)
-        student = self.spellm.heads(hidden).flatten(0, 1)  # [N, k, |Sigma|]
+                self.loss_cfg.chunk_positions(self.table.shape[0]), self.spelling_matrix,
+                self._top_k, self._tail_samples)
+        student = self.spellm.heads(hidden.flatten(0, 1))
         target_ids = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1).flatten()
         parts = distillation_loss(student, targets, self.loss_cfg.temperature, self.loss_cfg.ce_weight,
-                                  target_ids, self.table, self.spellable)
+                                  target_ids, self.table, self.spellable, self.objective)
         return parts, student, targets, target_ids
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         parts, student, targets, target_ids = self.loss_parts(batch["ids"], batch["index"])
-        self._log_metrics(stage, parts, student.detach(), targets, target_ids, batch["ids"].shape[0])
+        with torch.no_grad():
+            log_p = student.marginal_log_probs().detach().float()  # [N, k, |Sigma|]
+        self._log_metrics(stage, parts, log_p, targets, target_ids, batch["ids"].shape[0])
         return parts.total
 
-    def _log_metrics(self, stage, parts, student, targets: Targets, target_ids, batch_size) -> None:
+    def _log_metrics(self, stage, parts, log_p: torch.Tensor, targets: Targets, target_ids, batch_size) -> None:
+        """Per-head metrics from the student's per-position log-probs (autoregressive heads: along their
+        greedy string)."""
         valid = targets.valid
-        predicted = student.argmax(-1)  # [N, k]
+        predicted = log_p.argmax(-1)  # [N, k]
         has_truth = (target_ids >= 0) & self.spellable[target_ids.clamp(min=0)]
         truth = self.table[target_ids.clamp(min=0)]
-        log_p = torch.log_softmax(student.float(), -1)
         metrics = {"kl": parts.kl, "dropped_mass": targets.dropped_mass.mean()}
+        if parts.token_kl is not None:
+            metrics["token_kl"] = parts.token_kl
+            metrics["marginal_kl"] = parts.kl_per_head.mean()
         if parts.ce is not None:
             metrics["ce"] = parts.ce
         teacher_top = targets.marginals.argmax(-1)  # [N, k]

@@ -1,0 +1,101 @@
+"""Output distributions built from the teacher's own next-token distribution, with no training: what
+a head type could reach at best (the ceiling rows of the quality ablation).
+
+- `teacher_marginals`: the product of the teacher's per-position marginals q_i, the best that any
+  factorised head (linear, mlp) can learn under the forward KL.
+- `teacher_mixture_M`: M components, the teacher's M-1 most likely spellable tokens spelled exactly
+  (weights: their probabilities) plus one product of the marginals of the rest of its mass; a
+  mixture of M products can represent it exactly, so it bounds what `heads=mixture` with M
+  components gains.
+Both use the teacher's distribution restricted to the spellable tokens and renormalised, as the
+distillation targets do.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from spellm_exp.core.heads import Factorised, StringDistribution, _argmax, vocab_scores
+from spellm_exp.core.losses import head_marginals
+
+TEACHER_MARGINALS = "teacher_marginals"
+_MIXTURE = re.compile(r"teacher_mixture_(\d+)$")
+
+
+def mixture_components(source: str) -> int | None:
+    """M of a `teacher_mixture_M` source name; None for any other name."""
+    match = _MIXTURE.match(source)
+    if match is None:
+        return None
+    components = int(match.group(1))
+    if components < 2:
+        raise ValueError(f"{source}: a teacher mixture needs M >= 2 (M = 1 is {TEACHER_MARGINALS}).")
+    return components
+
+
+def is_ceiling(source: str) -> bool:
+    return source == TEACHER_MARGINALS or mixture_components(source) is not None
+
+
+class TeacherMixture(StringDistribution):
+    """sum_{j < M} q(t_j) [s = S[t_j]] + q(rest) prod_i r_i(s_i), for each of n positions."""
+
+    def __init__(self, top_ids: torch.Tensor, top_strings: torch.Tensor, top_log_probs: torch.Tensor, rest_log_mass: torch.Tensor,
+                 rest_log_marginals: torch.Tensor, log_marginals: torch.Tensor):
+        self.top_ids = top_ids  # [n, M-1]
+        self.top_strings = top_strings  # [n, M-1, k]
+        self.top_log_probs = top_log_probs  # [n, M-1]
+        self.rest_log_mass = rest_log_mass  # [n]
+        self.rest = Factorised(rest_log_marginals)  # [n, k, S]
+        self.log_marginals = log_marginals  # [n, k, S]: the teacher's marginals (the mixture's, exactly)
+
+    @property
+    def device_tensor(self) -> torch.Tensor:
+        return self.top_strings
+
+    def log_prob(self, strings: torch.Tensor) -> torch.Tensor:
+        same = (strings.unsqueeze(2) == self.top_strings.unsqueeze(1)).all(-1)  # [n, m, M-1]
+        exact = torch.where(same, self.top_log_probs.unsqueeze(1), -math.inf)
+        rest = (self.rest_log_mass.unsqueeze(1) + self.rest.log_prob(strings)).unsqueeze(-1)
+        return torch.logsumexp(torch.cat([exact, rest], dim=-1), dim=-1)
+
+    def greedy(self, forbid_pad_first: bool = True) -> torch.Tensor:
+        rest = _argmax(self.rest.log_probs, forbid_pad_first).unsqueeze(1)
+        candidates = torch.cat([self.top_strings, rest], dim=1)  # [n, M, k]
+        best = self.log_prob(candidates).argmax(-1)
+        return candidates[torch.arange(candidates.shape[0], device=best.device), best]
+
+    def marginal_log_probs(self) -> torch.Tensor:
+        return self.log_marginals
+
+    def vocab_log_probs(self, table: torch.Tensor, spellable: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        scores = self.rest_log_mass.unsqueeze(1) + vocab_scores(self.rest.log_probs, table, spellable)
+        exact = torch.logaddexp(scores.gather(-1, self.top_ids), self.top_log_probs)
+        return scores.scatter(-1, self.top_ids, exact)
+
+
+def teacher_mixture(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,
+                    components: int, matrix: torch.Tensor | None = None) -> TeacherMixture:
+    """The `teacher_mixture_M` distribution from teacher logits [n, |V|]."""
+    logits = teacher_logits.float().masked_fill(~spellable, -math.inf)
+    log_q = torch.log_softmax(logits, dim=-1)  # renormalised over the spellable tokens
+    top_log_probs, top_ids = log_q.topk(components - 1, dim=-1)
+    rest_logits = logits.scatter(-1, top_ids, -math.inf)
+    rest_log_mass = torch.log1p(-top_log_probs.exp().sum(-1).clamp(max=1.0 - 1e-7))
+    rest = head_marginals(rest_logits, table, spellable, n_symbols, matrix=matrix).marginals
+    full = head_marginals(logits, table, spellable, n_symbols, matrix=matrix).marginals
+    return TeacherMixture(top_ids, table[top_ids], top_log_probs, rest_log_mass, _log(rest), _log(full))
+
+
+def teacher_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,
+                      matrix: torch.Tensor | None = None) -> Factorised:
+    """The product of the teacher's per-position marginals (perfect independent heads)."""
+    return Factorised(_log(head_marginals(teacher_logits, table, spellable, n_symbols, matrix=matrix).marginals))
+
+
+def _log(marginals: torch.Tensor) -> torch.Tensor:
+    return marginals.clamp(min=1e-30).log()
+
