@@ -302,6 +302,7 @@ class Table1Job(_Command):
     profile: str = "quick"  # conf/profile/: a key of `profiles`; also the training profile of the SpeLLMs it distils
     profiles: dict[str, Table1Profile] = field(default_factory=dict)
     experiments: dict[str, str] = field(default_factory=dict)
+    head_types: dict[str, list[str]] = field(default_factory=lambda: {"linear": []})  # name -> train overrides
     tasks: list[str] = field(default_factory=list)
     num_fewshot: int = 0
     batch_size: int = 8
@@ -335,7 +336,10 @@ class AblationJob(_Command):
     batch_size: int = 8
     score: str = "product"
     other_scores: list[str] = field(default_factory=list)
+    ceilings: list[str] = field(default_factory=lambda: ["teacher_marginals"])
+    ceiling_scores: list[str] = field(default_factory=list)  # also score the first ceiling these ways
     variants: dict[str, list[str]] = field(default_factory=dict)
+    table_name: str = "quality_ablation"  # results/<table_name>.{md,csv}
 
 
 COMMAND_SCHEMAS = {"train": TrainJob, "bench": BenchJob, "eval": EvalJob, "describe": DescribeJob,

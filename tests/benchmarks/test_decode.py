@@ -90,6 +90,19 @@ def test_bench_writes_a_well_formed_record(cache_dir, tmp_path):
                                                    ("p_nonembedding", "vocab_size", "hidden_size", "k", "sigma"))).ratio)
 
 
+@pytest.mark.parametrize("kind", ["mixture", "autoregressive"])
+def test_bench_times_another_head_type_and_bounds_it_by_its_parameters(kind, cache_dir):
+    cfg = _bench_cfg(cache_dir, f"heads={kind}", "batch_sizes=[1]")
+    record = bench.run_bench(cfg)
+    assert record["spellm"]["head_type"]["kind"] == kind
+    params = record["spellm"]["head_params"]
+    bound = record["bound"]
+    assert bound["head_params"] == params and params > 16 * 258 * bound["hidden_size"]
+    assert bound["ratio"] == pytest.approx((bound["p_nonembedding"] + params)
+                                           / (bound["p_nonembedding"] + bound["vocab_size"] * bound["hidden_size"]))
+    assert record["batches"][0]["spellm"]["step_ms"] > 0
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["batch_sizes=[0]"], r"batch_sizes=\[0\]: every batch size must be >= 1"),
     (["device=tpu"], r"device=tpu is unknown; use one of \('auto', 'cpu', 'cuda'\)"),
@@ -115,7 +128,7 @@ def test_a_model_too_large_for_memory_is_skipped_without_loading(cache_dir, monk
     assert record["skipped"].startswith("needs 27.0 GB of float32 weights") and "8.0 GB available" in record["skipped"]
 
 
-def _record(model, init, device, ratio_1, bound, skipped=None):
+def _record(model, init, device, ratio_1, bound, skipped=None, head_type=None):
     record = {"model": model, "init": init, "dtype": "float32", "provenance": {"device": device, "git_sha": "abc",
                                                                               "date": "2026-11-23"}}
     if skipped:
@@ -123,7 +136,8 @@ def _record(model, init, device, ratio_1, bound, skipped=None):
     side = lambda step: {"step_ms": step, "prefill_ms": 1.0, "chars_per_s": 100.0 / step, "tokens_per_s": 10.0,  # noqa: E731
                          "chars_per_step": 3.0, "non_vocab_share": 0.0, "peak_memory_mb": 5.0}
     return {**record, "teacher": {"description": model.upper()},
-            "spellm": {"k": 16, "sigma": 66, "alphabet": "chars-64", "heads": "distilled checkpoint x"},
+            "spellm": {"k": 16, "sigma": 66, "alphabet": "chars-64", "heads": "distilled checkpoint x",
+                       **({"head_type": head_type} if head_type else {})},
             "bound": {"ratio": bound},
             "batches": [{"batch_size": 1, "teacher": side(10.0), "spellm": side(10.0 * ratio_1), "step_ratio": ratio_1,
                          "output_layer": {"teacher_ms": 2.0, "spellm_ms": 0.5, "spellm_host_ms": 0.08,
@@ -134,17 +148,19 @@ def test_table_builder_turns_records_into_rows():
     records = [_record("llama", "pretrained (dequantised GGUF)", "CPU", 0.8, 0.79),
                _record("qwen", "random init", "CPU", 0.5, 0.45), _record("gemma2", "random init", "CPU", 0.7, 0.6),
                _record("qwen", "random init", "H100", 0.9, 0.45),
-               _record("mistral", "random init", "CPU", 0, 0, skipped="needs 27.0 GB")]
+               _record("mistral", "random init", "CPU", 0, 0, skipped="needs 27.0 GB"),
+               _record("qwen", "random init", "CPU", 0.6, 0.5, head_type={"kind": "mixture", "components": 8})]
     shown, tidy = table_frames(records)
     first = shown.iloc[0]
     assert (first["model"], first["batch"], first["step ms teacher"], first["step ms SpeLLM"]) == ("LLAMA", 1, 10.0, 8.0)
     assert first["reduction %"] == pytest.approx(20.0) and first["string->ids % of step"] == pytest.approx(1.0)
-    assert first["note"] == "distilled heads" and first["SpeLLM"] == "k=16 chars-64"
-    # per device: real teachers first, skipped records last
-    assert list(shown["model"]) == ["LLAMA", "GEMMA2", "QWEN", "mistral", "QWEN"]
-    assert shown.iloc[3]["note"] == "skipped: needs 27.0 GB" and shown.iloc[3]["step ms teacher"] == ""
-    assert len(tidy) == 4
-    # the average is per device, over random-init rows only: never a ratio across devices
+    assert first["note"] == "distilled heads" and first["SpeLLM"] == "k=16 chars-64 linear"  # records before head types
+    # per device: real teachers first, each model's linear heads before its other head types, skipped records last
+    assert list(shown["model"]) == ["LLAMA", "GEMMA2", "QWEN", "QWEN", "mistral", "QWEN"]
+    assert shown.iloc[3]["SpeLLM"] == "k=16 chars-64 mixture-8"
+    assert shown.iloc[4]["note"] == "skipped: needs 27.0 GB" and shown.iloc[4]["step ms teacher"] == ""
+    assert len(tidy) == 5 and list(tidy["head_type"]) == ["linear", "linear", "linear", "mixture-8", "linear"]
+    # the average is per device, over random-init rows of the paper's linear heads only: never across devices
     assert average_reductions(tidy) == pytest.approx({"CPU": 40.0, "H100": 10.0})
 
 
@@ -159,7 +175,7 @@ def test_table2_from_kept_records_writes_markdown_csv_and_plot(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "results" / "table2.md").read_text()
-    assert "| LLAMA | pretrained | CPU | float32 | 1 | k=16 chars-64 | 10 | 8 | 0.8 | 0.79 | 20 | 3 | 3 |" in markdown
+    assert "| LLAMA | pretrained | CPU | float32 | 1 | k=16 chars-64 linear | 10 | 8 | 0.8 | 0.79 | 20 | 3 | 3 |" in markdown
     assert "CPU: 50.0%" in markdown  # the random-init average
     assert (tmp_path / "results" / "table2.png").stat().st_size > 1000
     assert len((tmp_path / "results" / "table2.csv").read_text().splitlines()) == 3

@@ -1,5 +1,7 @@
 """The quality ablation end to end on a tiny teacher: distils each variant, scores, aggregates, re-uses."""
 
+import re
+
 import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
@@ -12,25 +14,34 @@ TINY = ["model=tiny_llama", "k=4", "trainer.max_steps=2", "trainer.val_check_int
         "data.val_blocks=4", "checkpoint.every_n_train_steps=2", "trainer.enable_progress_bar=false"]
 
 
-def test_ablation_distils_scores_and_tabulates_each_variant(cache_dir, tmp_path):
+def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_path):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="ablation", overrides=[
             "tasks=[arc_easy,lambada_openai]", "limit=3", f"paths.cache_dir={cache_dir}",
-            f"paths.output_dir={tmp_path}/outputs", f"paths.results_dir={tmp_path}/results"])
-    with open_dict(cfg):
-        cfg.variants = {"heads": TINY, "heads_random_init": [*TINY, "heads_init=random"]}
+            f"paths.output_dir={tmp_path}/outputs", f"paths.results_dir={tmp_path}/results",
+            "ceilings=[teacher_marginals,teacher_mixture_2]", "other_scores=[vocab_normalized]"])
+    with open_dict(cfg):  # the first variant has overrides here, so every run gets its own suffix
+        cfg.variants = {"linear": TINY, "mixture_2": [*TINY, "heads=mixture", "heads.components=2"],
+                        "autoregressive": [*TINY, "heads=autoregressive", "heads.decoder_size=8"]}
     write_ablation_table(cfg, "test")
 
     runs = tmp_path / "outputs" / "train"
-    assert sorted(p.name for p in runs.iterdir()) == ["smollm2_k16_quick_heads", "smollm2_k16_quick_heads_random_init"]
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "smollm2_k16_quick_autoregressive", "smollm2_k16_quick_linear", "smollm2_k16_quick_mixture_2"]
     tidy = pd.read_csv(tmp_path / "results" / "quality_ablation.csv")
-    assert set(tidy["variant"]) >= {"teacher", "teacher_marginals", "spellm heads", "spellm heads_random_init",
-                                    "spellm heads - teacher"}
+    assert set(tidy["variant"]) >= {"teacher", "teacher_marginals", "teacher_mixture_2",
+                                    "teacher_marginals, score=vocab_normalized", "spellm linear",
+                                    "spellm linear, score=vocab_normalized", "spellm mixture_2",
+                                    "spellm autoregressive", "spellm mixture_2 - teacher"}
     markdown = (tmp_path / "results" / "quality_ablation.md").read_text()
-    assert "## Training" in markdown and "heads_init=random" in markdown
+    assert "## Training" in markdown and "heads.components=2" in markdown
+    training = markdown.split("## Training")[1]  # variant, overrides, heads, trainable, steps, minutes, objective
+    assert re.search(r"\| spellm mixture_2 \| [^|]* \| mixture \| heads \| 2 \| [^|]* \| token \|", training)
+    assert re.search(r"\| spellm linear \| [^|]* \| linear \| heads \| 2 \| [^|]* \| marginal \|", training)
 
     # a second run re-uses every finished run and evaluation
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")}
-    assert len(stamps) == 5  # teacher, teacher_marginals, two SpeLLMs, one other score
+    # teacher, 2 ceilings, 1 ceiling score, 3 SpeLLMs, 1 other score
+    assert len(stamps) == 8
     write_ablation_table(cfg, "test")
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")} == stamps

@@ -6,7 +6,9 @@ import math
 import pytest
 
 from spellm_exp.evaluation.metrics import paired_difference
-from spellm_exp.reporting.table1 import table_rows
+from spellm_exp.evaluation.metrics import harness_results
+from spellm_exp.reporting.quality import accuracy_row
+from spellm_exp.reporting.table1 import spellm_rows
 
 
 def _write(folder, results, samples):
@@ -39,8 +41,11 @@ def test_paired_difference(eval_dirs):
 
 
 def test_table_rows(eval_dirs):
-    wide, tidy = table_rows("SmolLM2", "SpeLLM k=16", *eval_dirs, ["arc_easy", "lambada_openai"])
-    teacher, spellm, diff = wide
+    tasks = ["arc_easy", "lambada_openai"]
+    teacher_results = harness_results(eval_dirs[0])
+    teacher, teacher_tidy = accuracy_row("SmolLM2", "teacher", "teacher", teacher_results, tasks)
+    (spellm, diff), tidy = spellm_rows("SmolLM2", "SpeLLM k=16", "spellm linear", *eval_dirs, tasks, teacher_results)
+    assert diff["variant"] == "SpeLLM k=16 - teacher"
     assert teacher["arc_easy (acc_norm)"] == 75.0 and teacher["lambada_openai (acc)"] == 50.0
     assert teacher["lambada_openai (ppl)"] == 20.0 and teacher["average"] == 62.5
     assert spellm["variant"] == "SpeLLM k=16" and spellm["average"] == 25.0
@@ -49,3 +54,4 @@ def test_table_rows(eval_dirs):
     # standard errors 0.25 (arc_easy) and 0.5 (lambada: differences -1, 0), combined over two tasks
     assert diff["average"] == f"{-37.5:+.2f} ± {100 * math.sqrt(0.25 ** 2 + 0.5 ** 2) / 2:.2f}"
     assert {r["metric"] for r in tidy if r["task"] == "lambada_openai"} == {"acc", "perplexity"}
+    assert {r["variant"] for r in tidy} == {"spellm linear", "spellm linear-teacher"}

@@ -82,9 +82,11 @@ def teacher_mixture(teacher_logits: torch.Tensor, table: torch.Tensor, spellable
     """The `teacher_mixture_M` distribution from teacher logits [n, |V|]."""
     logits = teacher_logits.float().masked_fill(~spellable, -math.inf)
     log_q = torch.log_softmax(logits, dim=-1)  # renormalised over the spellable tokens
-    top_log_probs, top_ids = log_q.topk(components - 1, dim=-1)
-    rest_logits = logits.scatter(-1, top_ids, -math.inf)
-    rest_log_mass = torch.log1p(-top_log_probs.exp().sum(-1).clamp(max=1.0 - 1e-7))
+    top_log_probs, top_ids = log_q.topk(min(components - 1, log_q.shape[-1]), dim=-1)
+    rest_log_q = log_q.scatter(-1, top_ids, -math.inf)
+    rest_log_mass = torch.logsumexp(rest_log_q, dim=-1)  # -inf where the top tokens hold all the mass
+    # where nothing is left, any distribution does for the rest (its weight is 0): the whole one
+    rest_logits = torch.where(torch.isfinite(rest_log_mass).unsqueeze(-1), rest_log_q, log_q)
     rest = head_marginals(rest_logits, table, spellable, n_symbols, matrix=matrix).marginals
     full = head_marginals(logits, table, spellable, n_symbols, matrix=matrix).marginals
     return TeacherMixture(top_ids, table[top_ids], top_log_probs, rest_log_mass, _log(rest), _log(full))

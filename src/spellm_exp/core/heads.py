@@ -105,9 +105,12 @@ class Factorised(StringDistribution):
 
     @property
     def log_probs(self) -> torch.Tensor:
-        if self._log_probs is None:
-            self._log_probs = F.log_softmax(self.logits.float(), dim=-1)
-        return self._log_probs
+        if self._log_probs is not None:
+            return self._log_probs
+        log_probs = F.log_softmax(self.logits.float(), dim=-1)
+        if torch.is_grad_enabled() or not self.logits.requires_grad:  # never cache a copy cut from the graph
+            self._log_probs = log_probs
+        return log_probs
 
     @property
     def device_tensor(self) -> torch.Tensor:
@@ -402,3 +405,9 @@ def settings_dict(settings: HeadsConfig) -> dict:
     used = {HeadKind.mlp: "trunk_multiple", HeadKind.mixture: "components",
             HeadKind.autoregressive: "decoder_size"}.get(kind)
     return {"kind": kind.value, **({used: data[used]} if used else {})}
+
+
+def heads_label(settings: HeadsConfig | dict) -> str:
+    """A short name of a head type and its size setting, as tables show it: linear, mlp, mixture-8, ..."""
+    data = settings_dict(settings) if isinstance(settings, HeadsConfig) else settings
+    return data["kind"] + (f"-{data['components']}" if "components" in data else "")

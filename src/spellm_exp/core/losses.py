@@ -24,6 +24,7 @@ by tokens sampled from it (an unbiased estimate); with K = |V| it is exact.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -226,9 +227,9 @@ def distillation_loss(student: StringDistribution | torch.Tensor, targets: Targe
         kl_per_head = masked_mean(marginal_kl(student.logits, targets.marginals, temperature), targets.valid)
         kl, tokens = kl_per_head.mean(), None
     elif objective == "token":
+        kl = tokens = masked_mean(token_kl(student, targets, table), targets.valid)
         with torch.no_grad():
             kl_per_head = masked_mean(_marginal_kl_of(student, targets), targets.valid)
-        kl = tokens = masked_mean(token_kl(student, targets, table), targets.valid)
     else:
         raise ValueError(f"loss.objective={objective} is unknown; use marginal or token.")
     if ce_weight == 0.0:
@@ -240,7 +241,8 @@ def distillation_loss(student: StringDistribution | torch.Tensor, targets: Targe
 @in_fp32
 def _marginal_kl_of(student: StringDistribution, targets: Targets) -> torch.Tensor:
     log_q = torch.log(targets.marginals.clamp(min=_EPS))
-    return (targets.marginals * (log_q - student.marginal_log_probs())).sum(-1)
+    # clamped: autoregressive heads give their forced PADs' alternatives probability 0
+    return (targets.marginals * (log_q - student.marginal_log_probs().clamp(min=math.log(_EPS)))).sum(-1)
 
 
 @in_fp32

@@ -3,9 +3,11 @@
 A plain `lm_eval.api.model.LM` subclass (as BLT's wrapper does), because a SpeLLM's outputs are
 not the input vocabulary. `variant=teacher` scores through the teacher's own head exactly as
 lm-eval's HFLM does; `variant=spellm` scores through the k character heads with the output
-segmentation of method.md, and generates with the shared decode loop. `variant=teacher_marginals`
-scores like `spellm` but with the teacher's own per-head marginals in place of the heads: perfect
-heads, so it measures what the factorisation itself costs (loglikelihood tasks only).
+segmentation of method.md, and generates with the shared decode loop. The ceiling variants score like
+`spellm` but with a distribution built from the teacher in place of the heads (core.ceilings,
+loglikelihood tasks only): `teacher_marginals`, the teacher's own per-head marginals (perfect
+independent heads: what the factorisation itself costs), and `teacher_mixture_M` (its top M-1 tokens
+exact plus a product of the rest: what a mixture of M products could reach).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from spellm_exp.core.ceilings import is_ceiling
 from spellm_exp.core.charset import TokenSpellings
 from spellm_exp.core.decoding import SpeLLMHead, TeacherHead, generate
 from spellm_exp.core.scoring import MODES, encode_pair, score_token_requests, teacher_loglikelihoods
 from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder
 from spellm_exp.teachers import ModelConfig, Teacher, load_teacher
 
-VARIANTS = ("teacher", "spellm", "teacher_marginals")
+VARIANTS = ("teacher", "spellm", "teacher_marginals", "teacher_mixture_M")
 
 
 class SpeLLMEvalError(ValueError):
@@ -32,7 +35,8 @@ class SpeLLMEvalError(ValueError):
 
 @register_model("spellm")
 class SpeLLMHarnessLM(LM):
-    """`--model spellm --model_args checkpoint=<run or spellm folder>[,variant=teacher|spellm|teacher_marginals,...]`."""
+    """`--model spellm --model_args checkpoint=<run or spellm folder>[,variant=teacher|spellm|teacher_marginals|
+    teacher_mixture_M,...]`."""
 
     def __init__(self, checkpoint: str | None = None, model: str | None = None, variant: str = "spellm",
                  batch_size: int | str = 8, score: str = "product", decode_mode: str = "free",
@@ -41,7 +45,7 @@ class SpeLLMHarnessLM(LM):
         # _harness_extras: what the harness passes to every model (device, max_batch_size, ...): CPU/GPU
         # placement follows the loaded model here
         super().__init__()
-        if variant not in VARIANTS:
+        if variant not in ("teacher", "spellm") and not _is_ceiling(variant):
             raise SpeLLMEvalError(f"variant={variant} is unknown; use one of {VARIANTS}.")
         if score not in MODES:
             raise SpeLLMEvalError(f"score={score} is unknown; use one of {MODES}.")
@@ -68,7 +72,7 @@ class SpeLLMHarnessLM(LM):
         pairs = [self._truncate(c, t) for c, t in pairs]
         if self.variant == "teacher":
             return teacher_loglikelihoods(self.causal_lm, pairs, self.batch_size)
-        source = "heads" if self.variant == "spellm" else "teacher_marginals"
+        source = "heads" if self.variant == "spellm" else self.variant
         results = score_token_requests(self.spellm, pairs, self.score_mode, self.batch_size, raise_on_failure=False,
                                        source=source)
         self.failures += sum(r.failure is not None for r in results)
@@ -114,6 +118,13 @@ class SpeLLMHarnessLM(LM):
                 progress.update(len(batch))
         progress.close()
         return outputs
+
+
+def _is_ceiling(variant: str) -> bool:
+    try:
+        return is_ceiling(variant)
+    except ValueError:  # teacher_mixture_1
+        return False
 
 
 def _load(checkpoint: str | None, model: str | None, variant: str, cache_dir: str | None):

@@ -1,9 +1,11 @@
-"""The quality ablation's runs (issue 6's investigation): where a SpeLLM loses downstream accuracy.
+"""The quality ablation's runs: where a SpeLLM loses downstream accuracy, and what each head type wins back.
 
-Scores, on the same documents and with the same harness code: the teacher; the product of the
-teacher's own per-head marginals (perfect heads, so what the factorisation alone costs); and one
-SpeLLM per training variant of `conf/ablation.yaml`, each reused, resumed or distilled.
-reporting.ablation turns them into results/quality_ablation.{md,csv}.
+Scores, on the same documents and with the same harness code: the teacher; the ceilings, built from the
+teacher's own distribution with no training (`teacher_marginals`: perfect independent heads, so what the
+factorisation alone costs; `teacher_mixture_M`: what a mixture of M products could reach); and one
+SpeLLM per variant of the config (head types in `conf/ablation.yaml`, training variants in
+`conf/ablation_training.yaml`), each reused, resumed or distilled. reporting.ablation turns them into
+results/<table_name>.{md,csv}.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from spellm_exp.core.heads import heads_label
 from spellm_exp.core.spellm import SpeLLM
 from spellm_exp.evaluation.harness import SpeLLMHarnessLM
 from spellm_exp.evaluation.run import evaluate_or_reuse
@@ -22,14 +25,21 @@ from spellm_exp.teachers import load_teacher
 EVAL_DIR = Path("eval") / "ablation"  # inside each run folder
 
 
-def training_metrics(run_dir: Path) -> dict:
-    """What the run's summary says about the distillation: steps, time, final validation metrics."""
+def training_metrics(run_dir: Path, spellm: SpeLLM) -> dict:
+    """What the run's summary says about the distillation (steps, time, final validation metrics), and the
+    output layer's size next to the teacher's |V| d."""
     summary = json.loads((run_dir / "summary.json").read_text())
     val = summary["val"]
-    return {"trainable": summary["trainable"], "steps": summary["steps"],
-            "train minutes": round(summary["seconds"] / 60, 1), "val KL": val.get("val/kl"),
+    info = spellm.info
+    return {"heads": heads_label(spellm.heads.settings()), "trainable": summary["trainable"], "steps": summary["steps"],
+            "train minutes": round(summary["seconds"] / 60, 1),
+            "objective": summary.get("heads", {}).get("loss_objective", "marginal"),
+            "val KL": val.get("val/kl"), "val token KL": val.get("val/token_kl"),
             "agree teacher": val.get("val/agree_teacher"),
-            "agree teacher (chars)": val.get("val/agree_teacher_chars")}
+            "agree teacher (chars)": val.get("val/agree_teacher_chars"),
+            "output params": spellm.heads.num_parameters(),
+            "output params / |V|d": spellm.heads.num_parameters() / (info.vocab_size * info.hidden_size),
+            "decode FLOPs / 2|V|d": spellm.heads.decode_flops() / (2 * info.vocab_size * info.hidden_size)}
 
 
 def evaluate_variants(cfg: DictConfig, tasks: list[str], config: dict) -> tuple[str, str, dict]:
@@ -40,26 +50,32 @@ def evaluate_variants(cfg: DictConfig, tasks: list[str], config: dict) -> tuple[
         evaluate_or_reuse(lm, tasks, out_dir, cfg.num_fewshot, cfg.limit, config=config)
         return out_dir
 
+    # a variant without overrides is Table 1's SpeLLM: the same run folder
     run_dirs = {name: trained_run(cfg.experiment, cfg.train_profile, cfg.paths.output_dir, cfg.paths.cache_dir,
-                                  tuple(overrides), "" if name == "heads" and not overrides else f"_{name}")
+                                  tuple(overrides), f"_{name}" if overrides else "")
                 for name, overrides in cfg.variants.items()}
     first = next(iter(run_dirs.values()))
     spellm = SpeLLM.load(first / "spellm", cache_dir=cfg.paths.cache_dir)
     teacher = load_teacher(spellm.teacher_config)
     model = teacher.info.description
     label = f"k={spellm.k}, {spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}"
-    perfect_heads = SpeLLM(teacher, spellm.spelling, spellm.heads)  # the untouched teacher's marginals
+    ceiling_model = SpeLLM(teacher, spellm.spelling, spellm.heads)  # the untouched teacher (heads unused)
     rows = {"teacher": (scored(SpeLLMHarnessLM(variant="teacher", teacher=teacher, **common),
-                               first / EVAL_DIR / "teacher"), {}),
-            "teacher_marginals": (scored(SpeLLMHarnessLM(variant="teacher_marginals", spellm=perfect_heads, **common),
-                                         first / EVAL_DIR / "teacher_marginals"), {})}
-    del spellm, teacher, perfect_heads
-    for name, run_dir in run_dirs.items():
+                               first / EVAL_DIR / "teacher"), {})}
+    for ceiling in cfg.ceilings:
+        rows[ceiling] = (scored(SpeLLMHarnessLM(variant=ceiling, spellm=ceiling_model, **common),
+                                first / EVAL_DIR / ceiling), {})
+        for mode in cfg.ceiling_scores if ceiling == cfg.ceilings[0] else ():
+            lm = SpeLLMHarnessLM(variant=ceiling, spellm=ceiling_model, batch_size=cfg.batch_size, score=mode)
+            rows[f"{ceiling}, score={mode}"] = (scored(lm, first / EVAL_DIR / f"{ceiling}-{mode}"), {})
+    del spellm, teacher, ceiling_model
+    for position, (name, run_dir) in enumerate(run_dirs.items()):
         spellm = SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir)
         lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common)
         overrides = {"overrides": " ".join(cfg.variants[name]) or "-"}
-        rows[f"spellm {name}"] = (scored(lm, run_dir / EVAL_DIR / "spellm"), {**overrides, **training_metrics(run_dir)})
-        for mode in cfg.other_scores if name == "heads" else ():  # the scoring options, on the same heads
+        rows[f"spellm {name}"] = (scored(lm, run_dir / EVAL_DIR / "spellm"),
+                                  {**overrides, **training_metrics(run_dir, spellm)})
+        for mode in cfg.other_scores if position == 0 else ():  # the scoring options, on the first variant's heads
             lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, batch_size=cfg.batch_size, score=mode)
-            rows[f"spellm heads, score={mode}"] = (scored(lm, run_dir / EVAL_DIR / f"spellm-{mode}"), {})
+            rows[f"spellm {name}, score={mode}"] = (scored(lm, run_dir / EVAL_DIR / f"spellm-{mode}"), {})
     return model, label, rows

@@ -26,14 +26,15 @@ def write_ablation_table(cfg: DictConfig, command: str) -> list[Path]:
     teacher_results = harness_results(teacher_dir)
     accuracy, differences, training, tidy = [], [], [], []
     for name, (eval_dir, train_metrics) in rows.items():
+        head_type = {"head_type": train_metrics["heads"]} if train_metrics else {}  # the SpeLLM rows
         row, records = accuracy_row(model, name, name, harness_results(eval_dir), tasks)
         accuracy.append(row)
-        tidy += records
+        tidy += [{**record, **head_type} for record in records]
         if name != "teacher":
             diff, records = difference_row(model, name, f"{name} - teacher", teacher_dir, eval_dir, tasks,
                                            teacher_results)
             differences.append(diff)
-            tidy += records
+            tidy += [{**record, **head_type} for record in records]
         if train_metrics:
             training.append({"variant": name, **train_metrics})
     notes = [
@@ -42,14 +43,20 @@ def write_ablation_table(cfg: DictConfig, command: str) -> list[Path]:
         f"`score={cfg.score}`.",
         "`teacher_marginals` scores with the product of the teacher's own per-head marginals q_i (perfect heads): "
         "the gap from the teacher to it is what the factorisation costs; the gap from it to a SpeLLM is what "
-        "the heads (or adapters) failed to learn.",
+        "the heads (or adapters) failed to learn. `teacher_mixture_M` (no training either): the teacher's top "
+        "M-1 spellable tokens spelled exactly, weighted by their probabilities, plus one product of the marginals "
+        "of the rest of its mass: the ceiling of `heads=mixture` with M components. `score=vocab_normalized` "
+        "renormalises over the vocabulary's spellings.",
         "Differences: mean of the paired per-document differences to the teacher ± standard error.",
         "Training metrics are the last validation of each run (`agree teacher (chars)`: top-1 agreement with "
         "the teacher's marginals over every (position, head) where the teacher's top symbol is a character, "
-        "pooled over the validation blocks; empty for runs written before that metric existed).",
+        "pooled over the validation blocks; empty for runs written before that metric existed). `val KL` is "
+        "the objective's: the mean over heads of the marginal KL, or the token-level KL(q || p) over the "
+        "teacher's vocabulary (`val token KL`, comparable across head types). Output params and decode FLOPs "
+        "are per position, as shares of the teacher's output layer (|V| d weights, 2 |V| d FLOPs).",
     ]
     sections = [("Accuracy (%)", pd.DataFrame(accuracy)), ("Difference to the teacher (points)",
                                                           pd.DataFrame(differences)),
                 ("Training", pd.DataFrame(training))]
-    return write_table(cfg.paths.results_dir, "quality_ablation", "Quality ablation: where a SpeLLM loses accuracy",
+    return write_table(cfg.paths.results_dir, cfg.table_name, "Quality ablation: where a SpeLLM loses accuracy",
                        command, pd.DataFrame(tidy), sections, notes, started)

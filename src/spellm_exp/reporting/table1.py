@@ -1,9 +1,9 @@
 """Table 1, downstream quality of teacher vs SpeLLM (results/table1.{md,csv}).
 
-For each teacher of the profile: reuse (or distil) its k=16 SpeLLM, score teacher and SpeLLM on the
-offline lm-eval tasks with the same harness code, and write one row per model and variant, one column
-per task, the average, and SpeLLM minus teacher with the standard error of the paired per-document
-differences.
+For each teacher of the profile: reuse (or distil) its k=16 SpeLLM of each head type in `head_types`
+(the paper's linear heads first), score teacher and SpeLLMs on the offline lm-eval tasks with the same
+harness code, and write one row per model and variant, one column per task, the average, and SpeLLM minus
+teacher with the standard error of the paired per-document differences.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from spellm_exp.core.heads import heads_label
 from spellm_exp.core.spellm import META_FILE, SpeLLM
 from spellm_exp.evaluation.harness import SpeLLMHarnessLM
 from spellm_exp.evaluation.metrics import harness_results
@@ -27,42 +28,57 @@ from spellm_exp.reporting.tables import write_table
 from spellm_exp.teachers import load_teacher
 
 
-def table_rows(model: str, label: str, teacher_dir: Path, spellm_dir: Path, tasks: list[str]) -> tuple[list, list]:
-    teacher_results = harness_results(teacher_dir)
-    teacher, teacher_tidy = accuracy_row(model, "teacher", "teacher", teacher_results, tasks)
-    spellm, spellm_tidy = accuracy_row(model, label, "spellm", harness_results(spellm_dir), tasks)
-    diff, diff_tidy = difference_row(model, "SpeLLM - teacher", "spellm-teacher", teacher_dir, spellm_dir, tasks,
+def spellm_rows(model: str, label: str, name: str, teacher_dir: Path, spellm_dir: Path, tasks: list[str],
+                teacher_results: dict) -> tuple[list, list]:
+    """The SpeLLM's accuracy row and its paired difference to the teacher."""
+    spellm, spellm_tidy = accuracy_row(model, label, name, harness_results(spellm_dir), tasks)
+    diff, diff_tidy = difference_row(model, f"{label} - teacher", f"{name}-teacher", teacher_dir, spellm_dir, tasks,
                                      teacher_results)
-    return [teacher, spellm, diff], teacher_tidy + spellm_tidy + diff_tidy
+    return [spellm, diff], spellm_tidy + diff_tidy
 
 
 def write_table1(cfg: DictConfig, command: str) -> list[Path]:
-    """Distil or reuse each SpeLLM of `cfg.profile`, score it and its teacher, and write the table."""
+    """Distil or reuse each SpeLLM of `cfg.profile` (one per teacher and head type), score them and their
+    teacher, and write the table."""
     started = provenance(OmegaConf.to_container(cfg, resolve=True))  # the code as it was when the run began
     if cfg.profile not in cfg.profiles:
         raise ValueError(f"profile={cfg.profile} is unknown; use one of {list(cfg.profiles)}.")
     profile = cfg.profiles[cfg.profile]
     tasks = check_tasks(list(cfg.tasks))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    common = dict(batch_size=cfg.batch_size, score=cfg.score)
     wide, tidy, failures = [], [], {}
     for model in profile.models:
         experiment = cfg.experiments[model]
-        run_dir = trained_run(experiment, cfg.profile, cfg.paths.output_dir, cfg.paths.cache_dir)
-        spellm = SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir)
-        frozen = json.loads((run_dir / "spellm" / META_FILE).read_text())["backbone"] == "frozen"
-        teacher = None if frozen else load_teacher(spellm.teacher_config)  # a trained backbone is not the teacher
-        eval_dir = run_dir / "eval" / f"table1-{cfg.profile}"
-        common = dict(batch_size=cfg.batch_size, score=cfg.score)
-        lms = {"teacher": SpeLLMHarnessLM(variant="teacher", spellm=None if teacher else spellm, teacher=teacher,
-                                          **common),
-               "spellm": SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common)}
-        for variant, lm in lms.items():
-            evaluate_lm(lm, tasks, eval_dir / variant, cfg.num_fewshot, profile.limit,
-                        {**OmegaConf.to_container(cfg, resolve=True), "model": model, "variant": variant})
-        failures[model] = lms["spellm"].failures
-        label = f"SpeLLM k={spellm.k} {spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}"
-        rows, records = table_rows(spellm.info.description, label, eval_dir / "teacher", eval_dir / "spellm", tasks)
-        wide += rows
-        tidy += records
+        teacher_dir, teacher_results = None, None
+        for position, (head_type, overrides) in enumerate(cfg.head_types.items()):
+            # a head type without overrides is the experiment as it is (the paper's linear heads)
+            run_dir = trained_run(experiment, cfg.profile, cfg.paths.output_dir, cfg.paths.cache_dir,
+                                  tuple(overrides), f"_{head_type}" if overrides else "")
+            spellm = SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir)
+            eval_dir = run_dir / "eval" / f"table1-{cfg.profile}"
+            if position == 0:  # the teacher, scored once per model with the same harness code
+                frozen = json.loads((run_dir / "spellm" / META_FILE).read_text())["backbone"] == "frozen"
+                teacher = None if frozen else load_teacher(spellm.teacher_config)  # a trained backbone is not it
+                lm = SpeLLMHarnessLM(variant="teacher", spellm=None if teacher else spellm, teacher=teacher, **common)
+                teacher_dir = eval_dir / "teacher"
+                evaluate_lm(lm, tasks, teacher_dir, cfg.num_fewshot, profile.limit,
+                            {**config, "model": model, "variant": "teacher"})
+                teacher_results = harness_results(teacher_dir)
+                row, records = accuracy_row(spellm.info.description, "teacher", "teacher", teacher_results, tasks)
+                wide.append(row)
+                tidy += records
+            lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common)
+            evaluate_lm(lm, tasks, eval_dir / "spellm", cfg.num_fewshot, profile.limit,
+                        {**config, "model": model, "variant": "spellm", "head_type": head_type})
+            failures[f"{model} {head_type}"] = lm.failures
+            label = (f"SpeLLM k={spellm.k} {spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}"
+                     f" {spellm.heads.kind.value}")
+            rows, records = spellm_rows(spellm.info.description, label, f"spellm {head_type}", teacher_dir,
+                                        eval_dir / "spellm", tasks, teacher_results)
+            wide += rows
+            tidy += [{**record, "head_type": heads_label(spellm.heads.settings())} for record in records]
+            del spellm, lm
 
     limit = "every document" if profile.limit is None else f"the first {profile.limit} documents per task"
     notes = [
@@ -76,6 +92,9 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         f"tokens can cover count as wrong (log-probability -inf): {failures}.",
         "SpeLLM - teacher: mean of the paired per-document differences, ± its standard error; the average's "
         "error combines the tasks' errors.",
+        "Head types (`heads=`, method.md): `linear` is the paper's k independent linear heads; the others are this "
+        "project's extensions, each distilled with the same training profile (results/quality_ablation.md compares "
+        "all of them with their ceilings).",
     ]
     return write_table(cfg.paths.results_dir, "table1", "Table 1: downstream quality, teacher vs SpeLLM", command,
                        pd.DataFrame(tidy), [("Accuracy (%)", pd.DataFrame(wide))], notes, started)

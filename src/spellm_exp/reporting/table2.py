@@ -20,8 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from spellm_exp.benchmarks.decode import run_bench
 from spellm_exp.benchmarks.measure import BenchConfigError, resolve_device
 from spellm_exp.config import compose_config
+from spellm_exp.core.heads import heads_label
 from spellm_exp.provenance import provenance
 from spellm_exp.reporting.tables import write_table
+from spellm_exp.reporting.tradeoff import plot_tradeoff, quality_gaps, tradeoff_frame
 from spellm_exp.teachers import ORIGIN_RANDOM
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,11 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         if "skipped" in record:
             rows.append({**base, "batch": "", "note": f"skipped: {record['skipped']}"})
             continue
+        heads = record_heads(record)
         for batch in record["batches"]:
             teacher, spellm, layer = batch["teacher"], batch["spellm"], batch["output_layer"]
             row = {**base, "batch": batch["batch_size"],
-                   "SpeLLM": f"k={record['spellm']['k']} {record['spellm']['alphabet']}",
+                   "SpeLLM": f"k={record['spellm']['k']} {record['spellm']['alphabet']} {heads}",
                    "step ms teacher": teacher["step_ms"], "step ms SpeLLM": spellm["step_ms"],
                    "measured ratio": batch["step_ratio"], "bound": record["bound"]["ratio"],
                    "reduction %": 100 * (1 - batch["step_ratio"]),
@@ -53,7 +56,8 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                    "string->ids % of step": 100 * layer["host_share_of_spellm_step"],
                    "note": "distilled heads" if record["spellm"]["heads"].startswith("distilled") else "heads at init"}
             rows.append(row)
-            tidy.append({**base, "batch": batch["batch_size"], "k": record["spellm"]["k"],
+            tidy.append({**base, "batch": batch["batch_size"], "k": record["spellm"]["k"], "head_type": heads,
+                         "head_params": record["spellm"].get("head_params"),
                          "sigma": record["spellm"]["sigma"], "teacher_step_ms": teacher["step_ms"],
                          "spellm_step_ms": spellm["step_ms"], "teacher_prefill_ms": teacher["prefill_ms"],
                          "spellm_prefill_ms": spellm["prefill_ms"], "ratio": batch["step_ratio"],
@@ -72,18 +76,24 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows).astype(object).fillna(""), pd.DataFrame(tidy)
 
 
+def record_heads(record: dict) -> str:
+    """The SpeLLM's head type in a bench record (records from before head types held linear heads)."""
+    return heads_label(record.get("spellm", {}).get("head_type", {"kind": "linear"}))
+
+
 def _order(record: dict) -> tuple:
-    """Per device: the real teachers first, then by size; skipped records last."""
+    """Per device: the real teachers first, then by size, the paper's linear heads first; skipped records last."""
     teacher = record.get("teacher", {})
+    heads = record_heads(record) if "skipped" not in record else ""
     return (record["provenance"]["device"], "skipped" in record, record["init"] == ORIGIN_RANDOM,
-            teacher.get("n_params", 0), record["model"])
+            teacher.get("n_params", 0), record["model"], heads != "linear", heads)
 
 
 def average_reductions(tidy: pd.DataFrame) -> dict[str, float]:
     """Mean decode-step reduction (%) over the random-init architectures at batch 1, per device."""
     if tidy.empty:
         return {}
-    chosen = tidy[(tidy["init"] == ORIGIN_RANDOM) & (tidy["batch"] == 1)]
+    chosen = tidy[(tidy["init"] == ORIGIN_RANDOM) & (tidy["batch"] == 1) & (tidy["head_type"] == "linear")]
     return {device: float(100 * (1 - group["ratio"]).mean()) for device, group in chosen.groupby("device")}
 
 
@@ -99,7 +109,8 @@ def plot(tidy: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(len(devices), 1, figsize=(width, 3.8 * len(devices)), squeeze=False)
     for ax, device in zip(axes[:, 0], devices):
         rows = tidy[tidy["device"] == device].reset_index(drop=True)
-        labels = [f"{m}\n{d}, b={b}" for m, d, b in zip(rows["model"], rows["dtype"], rows["batch"])]
+        labels = [f"{m} {h}\n{d}, b={b}" for m, h, d, b in zip(rows["model"], rows["head_type"], rows["dtype"],
+                                                                  rows["batch"])]
         x = range(len(rows))
         ax.bar([i - 0.2 for i in x], rows["ratio"], width=0.4, label="measured")
         ax.bar([i + 0.2 for i in x], rows["bound"], width=0.4, label="weight-bytes bound")
@@ -156,8 +167,12 @@ def write_table2(cfg: DictConfig, command: str) -> list[Path]:
         "Teacher and SpeLLM decode through the same loop (`decoding.generate`) on the same backbone object, prompts, "
         "device, dtype and batch, interleaved after warm-up; greedy, EOS ignored, a fixed number of backbone steps. "
         "step ms: median time of a decode step that runs the output head (backbone step + head + host work).",
-        "measured ratio = SpeLLM step / teacher step, both from the same run; bound = (P_nonembedding + k |Sigma| d) "
-        "/ (P_nonembedding + |V| d), the weight-bytes bound of method.md; reduction % = 100 (1 - measured ratio).",
+        "measured ratio = SpeLLM step / teacher step, both from the same run; bound = (P_nonembedding + P_heads) "
+        "/ (P_nonembedding + |V| d), the weight-bytes bound of method.md (P_heads = k |Sigma| d for the paper's "
+        "linear heads, the head module's parameters for the other head types); reduction % = 100 (1 - measured ratio).",
+        "Head types (`heads=`): `linear` is the paper's; `mlp`, `mixture-M` and `autoregressive` are this project's "
+        "(method.md). Their rows time the same loop with that output layer (the autoregressive heads take k small "
+        "sequential steps inside the decode step).",
         "string->ids % of step: host time turning the heads' symbols into a string and input ids, over the SpeLLM step.",
         "chars/step and chars/s: output characters per decode step and row, and per second over the batch. They depend "
         "on what the heads emit: a string that is not one vocabulary token is fed back as several ids, one per step, "
@@ -165,12 +180,20 @@ def write_table2(cfg: DictConfig, command: str) -> list[Path]:
         "SmolLM2 and Gemma-3-270M are the real teachers (dequantised GGUF weights; SmolLM2 with its distilled quick "
         "SpeLLM when one exists). The other rows are real-size architectures with random weights and heads at init: "
         "they measure speed, not quality.",
-        "Average reduction over the random-init architectures at batch 1, per device: "
+        "Average reduction over the random-init architectures at batch 1 (linear heads), per device: "
         + ", ".join(f"{device}: {value:.1f}%" for device, value in averages.items()) + " (paper: 5.1%).",
         f"Bench settings: {sorted(settings)}; records written at git SHAs "
         f"{sorted({r['provenance']['git_sha'][:12] for r in records})}.",
         "Per-record details (prefill, tokens/s, peak memory, output-layer times, provenance) are in "
         "`results/bench/<device>/*.json` and `table2.csv`.",
     ]
+    sections = [("Decode step", shown)]
+    tradeoff = tradeoff_frame(quality_gaps(Path(cfg.paths.results_dir)), tidy, started["device"])
+    if not tradeoff.empty:
+        plot_tradeoff(tradeoff, Path(cfg.paths.results_dir) / "tradeoff.png", started["device"])
+        sections.append(("Quality vs speed per head type", tradeoff))
+        notes.append(f"Quality vs speed: each SpeLLM's average paired accuracy difference to its teacher (from "
+                     f"results/table1.csv and results/quality_ablation.csv, as those were written) next to its "
+                     f"decode-step ratio on {started['device']} from the table above; plot `tradeoff.png`.")
     return write_table(cfg.paths.results_dir, "table2", "Table 2: decode-step runtime, teacher vs SpeLLM", command,
-                       tidy, [("Decode step", shown)], notes + ["Plot: `table2.png` (measured ratio vs bound)."], started)
+                       tidy, sections, notes + ["Plot: `table2.png` (measured ratio vs bound)."], started)
