@@ -74,7 +74,12 @@ def test_every_model_config_composes_to_a_known_model(stem):
 def test_coverage_writes_tables_that_match_a_direct_computation(tmp_path, cache_dir):
     import pandas as pd
 
-    from spellm_exp.core.charset import Alphabet, SpellingTable, TokenSpellings, token_counts
+    from spellm_exp.core.charset import (
+        Alphabet,
+        SpellingTable,
+        TokenSpellings,
+        token_counts,
+    )
     from spellm_exp.data.corpus import corpus_texts
     from spellm_exp.teachers.tokenizers import load_offline_tokenizer
 
@@ -130,7 +135,11 @@ def test_bench_distill_writes_side_by_side_figures_and_keeps_other_devices_rows(
 
 
 def test_model_flops_per_token_of_a_distillation_step(tiny_teacher):
-    from spellm_exp.benchmarks.distill import peak_flops, resolve_precision, step_flops_per_token
+    from spellm_exp.benchmarks.distill import (
+        peak_flops,
+        resolve_precision,
+        step_flops_per_token,
+    )
 
     model = tiny_teacher("tiny_llama").model  # 2 layers, d=64, 4 heads of 16, |V| 49,152, tied
     backbone = sum(p.numel() for p in model.parameters()) - 49_152 * 64

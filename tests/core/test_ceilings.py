@@ -5,7 +5,11 @@ import math
 import pytest
 import torch
 
-from spellm_exp.core.ceilings import mixture_components, teacher_marginals, teacher_mixture
+from spellm_exp.core.ceilings import (
+    mixture_components,
+    teacher_marginals,
+    teacher_mixture,
+)
 from spellm_exp.core.charset import Alphabet, CharsetKind
 from spellm_exp.core.scoring import encode_pair, score_requests
 from spellm_exp.core.spellm import SpeLLM

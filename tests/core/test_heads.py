@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spellm_exp.config import HeadKind, HeadsConfig
-from spellm_exp.core.charset import EOS, PAD, Alphabet, CharsetKind, SpellingTable, TokenSpellings
+from spellm_exp.core.charset import (
+    EOS,
+    PAD,
+    Alphabet,
+    CharsetKind,
+    SpellingTable,
+    TokenSpellings,
+)
 from spellm_exp.core.heads import LinearHeads, build_heads, settings_dict
 
 K, SYMBOLS, D = 4, 7, 16

@@ -5,7 +5,12 @@ import torch
 
 from spellm_exp.data import datamodule as dm
 from spellm_exp.data.corpus import SOURCES, corpus_texts, iter_texts
-from spellm_exp.data.datamodule import DataConfig, DistillDataModule, ResumableBatchSampler, pack_blocks
+from spellm_exp.data.datamodule import (
+    DataConfig,
+    DistillDataModule,
+    ResumableBatchSampler,
+    pack_blocks,
+)
 
 
 def test_sources_are_training_splits_with_the_documented_sizes():

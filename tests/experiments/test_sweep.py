@@ -11,7 +11,13 @@ from hydra import compose, initialize_config_dir
 
 from spellm_exp.config import CONFIG_DIR
 from spellm_exp.experiments import jobs, runs, sweep
-from spellm_exp.reporting.table3 import JobError, alphabet_label, collect, plot, shown_table
+from spellm_exp.reporting.table3 import (
+    JobError,
+    alphabet_label,
+    collect,
+    plot,
+    shown_table,
+)
 from spellm_exp.training.distill import ConfigError
 
 

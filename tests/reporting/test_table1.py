@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from spellm_exp.evaluation.metrics import paired_difference
-from spellm_exp.evaluation.metrics import harness_results
+from spellm_exp.evaluation.metrics import harness_results, paired_difference
 from spellm_exp.reporting.quality import accuracy_row
 from spellm_exp.reporting.table1 import spellm_rows
 

@@ -61,9 +61,9 @@ def test_an_unknown_head_type_is_rejected_while_composing():
 def test_token_objective_on_linear_heads_trains_the_same_direction_as_the_marginal_one(cache_dir, tmp_path):
     """For linear heads the token KL is the marginal loss x k plus a constant: one SGD-free check, the
     gradients are proportional (k) at the same weights."""
+    from spellm_exp.core.charset import Alphabet
     from spellm_exp.core.losses import distillation_loss, head_marginals
     from spellm_exp.teachers import load_teacher
-    from spellm_exp.core.charset import Alphabet
 
     teacher = load_teacher(name="tiny_llama", cache_dir=cache_dir)
     spellm = SpeLLM.build(teacher, Alphabet.ascii_(), k=4)

@@ -26,14 +26,33 @@ from spellm_exp.benchmarks.measure import (
     peak_rise_mb,
     resolve_device,
 )
-from spellm_exp.config import HeadKind, HeadsConfig, Init, ModelConfig, model_config, typed
-from spellm_exp.core.charset import SpellingError, TokenSpellings, build_alphabet, check_charset, token_counts
+from spellm_exp.config import (
+    HeadKind,
+    HeadsConfig,
+    Init,
+    ModelConfig,
+    model_config,
+    typed,
+)
+from spellm_exp.core.charset import (
+    SpellingError,
+    TokenSpellings,
+    build_alphabet,
+    check_charset,
+    token_counts,
+)
 from spellm_exp.core.decoding import SpeLLMHead, TeacherHead, generate
 from spellm_exp.core.heads import settings_dict
 from spellm_exp.core.spellm import SpeLLM, checkpoint_folder
 from spellm_exp.data.corpus import corpus_texts
 from spellm_exp.provenance import provenance
-from spellm_exp.teachers import MODELS, ORIGIN_RANDOM, TeacherConfigError, check_model_config, load_teacher
+from spellm_exp.teachers import (
+    MODELS,
+    ORIGIN_RANDOM,
+    TeacherConfigError,
+    check_model_config,
+    load_teacher,
+)
 from spellm_exp.teachers.architectures import REAL_SIZE, meta_model
 from spellm_exp.teachers.loader import DTYPES
 

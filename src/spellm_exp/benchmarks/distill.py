@@ -19,7 +19,11 @@ from contextlib import AbstractContextManager
 import torch
 from omegaconf import DictConfig
 
-from spellm_exp.benchmarks.measure import device_clock, nonembedding_params, peak_rise_mb
+from spellm_exp.benchmarks.measure import (
+    device_clock,
+    nonembedding_params,
+    peak_rise_mb,
+)
 from spellm_exp.config import LossConfig, ModelConfig, TrainConfig
 from spellm_exp.core.charset import build_alphabet
 from spellm_exp.core.spellm import SpeLLM

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 import torch
 
 from spellm_exp.core.backbone import run_backbone, teacher_head
-from spellm_exp.core.charset import EOS, PAD, CharsetKind, SegmentationError, TokenSpellings, units_to_bytes
+from spellm_exp.core.charset import (
+    EOS,
+    PAD,
+    CharsetKind,
+    SegmentationError,
+    TokenSpellings,
+    units_to_bytes,
+)
 from spellm_exp.core.spellm import SpeLLM
 
 DECODE_MODES = ("teacher", "free", "vocab")

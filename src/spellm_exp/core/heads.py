@@ -183,7 +183,7 @@ class Autoregressive(StringDistribution):
 
     def _steps(self, forbid_pad_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The greedy string [n, k] and the log-probs of each of its steps [n, k, S]."""
-        heads, (n, k, n_symbols) = self.heads, self.base.shape
+        heads, (n, k, _) = self.heads, self.base.shape
         earlier = torch.zeros_like(self.context)
         symbols, steps = [], []
         ended = torch.zeros(n, dtype=torch.bool, device=self.base.device)

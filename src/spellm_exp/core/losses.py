@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from spellm_exp.core.charset import PAD
 from spellm_exp.config import HeadKind, LossObjective
+from spellm_exp.core.charset import PAD
 from spellm_exp.core.heads import FACTORISED_KINDS, Factorised, StringDistribution
 
 _EPS = 1e-12
@@ -154,21 +154,6 @@ def marginal_kl(student_logits: torch.Tensor, marginals: torch.Tensor, temperatu
     log_q = torch.log(marginals.clamp(min=_EPS))
     kl = (marginals * (log_q - log_p)).sum(-1)  # 0 * log 0 counts as 0
     return kl * temperature**2
-
-
-@in_fp32
-def spelled_cross_entropy(student_logits: torch.Tensor, target_ids: torch.Tensor, table: torch.Tensor,
-                          spellable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """-log p_i(S[y, i]) per position and head for the ground-truth next token y ([N] ids, -100 = none).
-
-    Returns the [N, k] losses and the [N] mask of positions whose token spells.
-    """
-    has_target = target_ids >= 0
-    safe_ids = target_ids.clamp(min=0)
-    mask = has_target & spellable[safe_ids]
-    symbols = table[safe_ids]  # [N, k]
-    log_p = F.log_softmax(student_logits.float(), dim=-1)
-    return -log_p.gather(-1, symbols.unsqueeze(-1)).squeeze(-1), mask
 
 
 def resolve_objective(objective: LossObjective | str, kind: HeadKind | str) -> str:

@@ -17,9 +17,24 @@ from torch import nn
 
 from spellm_exp.config import HeadInit, HeadKind, HeadsConfig, ModelConfig
 from spellm_exp.core.backbone import run_backbone, teacher_head
-from spellm_exp.core.charset import Alphabet, SpellingError, SpellingTable, TokenSpellings
-from spellm_exp.core.ceilings import TEACHER_MARGINALS, mixture_components, teacher_marginals, teacher_mixture
-from spellm_exp.core.heads import OutputHeads, StringDistribution, build_heads, settings_dict
+from spellm_exp.core.ceilings import (
+    TEACHER_MARGINALS,
+    mixture_components,
+    teacher_marginals,
+    teacher_mixture,
+)
+from spellm_exp.core.charset import (
+    Alphabet,
+    SpellingError,
+    SpellingTable,
+    TokenSpellings,
+)
+from spellm_exp.core.heads import (
+    OutputHeads,
+    StringDistribution,
+    build_heads,
+    settings_dict,
+)
 from spellm_exp.core.losses import spelling_matrix
 from spellm_exp.core.scoring import score_requests
 from spellm_exp.teachers import Teacher, load_teacher

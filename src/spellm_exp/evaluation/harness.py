@@ -22,7 +22,12 @@ from tqdm import tqdm
 from spellm_exp.core.ceilings import is_ceiling
 from spellm_exp.core.charset import TokenSpellings
 from spellm_exp.core.decoding import SpeLLMHead, TeacherHead, generate
-from spellm_exp.core.scoring import MODES, encode_pair, score_token_requests, teacher_loglikelihoods
+from spellm_exp.core.scoring import (
+    MODES,
+    encode_pair,
+    score_token_requests,
+    teacher_loglikelihoods,
+)
 from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder
 from spellm_exp.teachers import ModelConfig, Teacher, load_teacher
 

@@ -26,7 +26,14 @@ from spellm_exp.evaluation.harness import SpeLLMHarnessLM
 from spellm_exp.evaluation.metrics import average_accuracy, primary_metric
 from spellm_exp.evaluation.run import evaluate_or_reuse
 from spellm_exp.evaluation.tasks import UnknownTaskError, check_tasks
-from spellm_exp.experiments.jobs import BENCH_FILE, EVAL_FOLDER, job_fingerprint, read_job, start_over, write_job
+from spellm_exp.experiments.jobs import (
+    BENCH_FILE,
+    EVAL_FOLDER,
+    job_fingerprint,
+    read_job,
+    start_over,
+    write_job,
+)
 from spellm_exp.experiments.runs import reuse_resume_or_distil
 from spellm_exp.provenance import code_version, provenance
 from spellm_exp.training.distill import ConfigError, check_train_config

@@ -25,7 +25,11 @@ from spellm_exp.core.charset import (
 from spellm_exp.data.corpus import corpus_texts
 from spellm_exp.provenance import provenance
 from spellm_exp.reporting.tables import write_table
-from spellm_exp.teachers.tokenizers import OFFLINE_TOKENIZERS, check_offline_tokenizer, load_offline_tokenizer
+from spellm_exp.teachers.tokenizers import (
+    OFFLINE_TOKENIZERS,
+    check_offline_tokenizer,
+    load_offline_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,11 @@ from spellm_exp.teachers.architectures import REAL_SIZE, tiny_config
 from spellm_exp.teachers.gguf_cache import MARKER, converted_model_folder
 from spellm_exp.teachers.packages import MissingPackageError
 from spellm_exp.teachers.registry import MODELS, ModelSpec
-from spellm_exp.teachers.tokenizers import check_offline_tokenizer, load_offline_tokenizer, truncate_bpe
+from spellm_exp.teachers.tokenizers import (
+    check_offline_tokenizer,
+    load_offline_tokenizer,
+    truncate_bpe,
+)
 
 log = logging.getLogger(__name__)
 

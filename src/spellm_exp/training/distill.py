@@ -30,7 +30,12 @@ from spellm_exp.config import (
     model_config,
     typed,
 )
-from spellm_exp.core.charset import SpellingError, TokenSpellings, build_alphabet, check_charset
+from spellm_exp.core.charset import (
+    SpellingError,
+    TokenSpellings,
+    build_alphabet,
+    check_charset,
+)
 from spellm_exp.core.heads import FACTORISED_KINDS, settings_dict
 from spellm_exp.core.losses import resolve_objective
 from spellm_exp.core.spellm import SpeLLM, model_config_dict

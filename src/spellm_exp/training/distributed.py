@@ -39,7 +39,9 @@ def full_weights(trainer: pl.Trainer) -> AbstractContextManager:
 def spawns_script_copies(trainer: pl.Trainer) -> bool:
     """True when Lightning will start this script again for the other devices of this node (its
     subprocess launcher), as opposed to torchrun/SLURM having started every process already."""
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+    from lightning.pytorch.strategies.launchers.subprocess_script import (
+        _SubprocessScriptLauncher,
+    )
 
     launcher = trainer.strategy.launcher
     return (isinstance(launcher, _SubprocessScriptLauncher) and trainer.num_devices > 1
