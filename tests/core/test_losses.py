@@ -151,8 +151,9 @@ def test_token_kl_of_linear_heads_is_the_marginal_loss_up_to_a_constant(seed):
     for _ in range(3):
         student = torch.randn(6, 2, 4, generator=generator)
         token = distillation_loss(Factorised(student), targets, objective="token", table=TABLE)
-        marginal = distillation_loss(student, targets, objective="marginal")
+        marginal = distillation_loss(student, targets, objective="marginal", table=TABLE)
         torch.testing.assert_close(token.kl, 2 * marginal.kl + constant.mean(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(marginal.token_kl, token.kl)  # logged next to the marginal objective
 
 
 def test_tail_samples_estimate_the_rest_without_bias():

@@ -188,7 +188,7 @@ class LossParts:
     kl_per_head: torch.Tensor  # [k], KL(q_i || p_i) of the student's marginals (a diagnostic for the token objective)
     ce: torch.Tensor | None  # -log p(S[y]) / k of the ground-truth token (for linear heads: the mean over heads)
     ce_per_head: torch.Tensor | None  # [k], for heads that factorise
-    token_kl: torch.Tensor | None = None  # the token-level KL, when it is the objective
+    token_kl: torch.Tensor | None = None  # the token-level KL (the objective, or a diagnostic of the marginal one)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -211,6 +211,9 @@ def distillation_loss(student: StringDistribution | torch.Tensor, targets: Targe
                              "use loss.objective=token.")
         kl_per_head = masked_mean(marginal_kl(student.logits, targets.marginals, temperature), targets.valid)
         kl, tokens = kl_per_head.mean(), None
+        if table is not None and targets.entropy is not None:  # the token-level KL too, comparable across types
+            with torch.no_grad():
+                tokens = masked_mean(token_kl(student, targets, table), targets.valid)
     elif objective == "token":
         kl = tokens = masked_mean(token_kl(student, targets, table), targets.valid)
         with torch.no_grad():

@@ -149,6 +149,7 @@ class DistillModule(LightningModule):
         metrics = {"kl": parts.kl, "dropped_mass": targets.dropped_mass.mean()}
         if parts.token_kl is not None:
             metrics["token_kl"] = parts.token_kl
+        if self.objective == "token":
             metrics["marginal_kl"] = parts.kl_per_head.mean()
         if parts.ce is not None:
             metrics["ce"] = parts.ce
