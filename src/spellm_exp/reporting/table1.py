@@ -19,7 +19,7 @@ from spellm_exp.core.heads import heads_label
 from spellm_exp.core.spellm import META_FILE, SpeLLM
 from spellm_exp.evaluation.harness import SpeLLMHarnessLM
 from spellm_exp.evaluation.metrics import harness_results
-from spellm_exp.evaluation.run import evaluate_lm
+from spellm_exp.evaluation.run import evaluate_or_reuse
 from spellm_exp.evaluation.tasks import check_tasks
 from spellm_exp.experiments.runs import trained_run
 from spellm_exp.provenance import provenance
@@ -62,15 +62,16 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
                 teacher = None if frozen else load_teacher(spellm.teacher_config)  # a trained backbone is not it
                 lm = SpeLLMHarnessLM(variant="teacher", spellm=None if teacher else spellm, teacher=teacher, **common)
                 teacher_dir = eval_dir / "teacher"
-                evaluate_lm(lm, tasks, teacher_dir, cfg.num_fewshot, profile.limit,
-                            {**config, "model": model, "variant": "teacher"})
+                evaluate_or_reuse(lm, tasks, teacher_dir, cfg.num_fewshot, profile.limit,
+                                  {"model": model, "variant": "teacher"}, config)
                 teacher_results = harness_results(teacher_dir)
                 row, records = accuracy_row(spellm.info.description, "teacher", "teacher", teacher_results, tasks)
                 wide.append(row)
                 tidy += records
             lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common)
-            evaluate_lm(lm, tasks, eval_dir / "spellm", cfg.num_fewshot, profile.limit,
-                        {**config, "model": model, "variant": "spellm", "head_type": head_type})
+            # a finished evaluation with the same settings is reused (adding a head type scores only that one)
+            evaluate_or_reuse(lm, tasks, eval_dir / "spellm", cfg.num_fewshot, profile.limit,
+                              {"model": model, "variant": "spellm", "head_type": head_type}, config)
             failures[f"{model} {head_type}"] = lm.failures
             label = (f"SpeLLM k={spellm.k} {spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}"
                      f" {spellm.heads.kind.value}")
