@@ -36,7 +36,7 @@ def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_pat
     markdown = (tmp_path / "results" / "quality_ablation.md").read_text()
     assert "## Training" in markdown and "heads.components=2" in markdown
     training = markdown.split("## Training")[1]  # variant, overrides, heads, trainable, steps, minutes, objective
-    assert re.search(r"\| spellm mixture_2 \| [^|]* \| mixture \| heads \| 2 \| [^|]* \| token \|", training)
+    assert re.search(r"\| spellm mixture_2 \| [^|]* \| mixture-2 \| heads \| 2 \| [^|]* \| token \|", training)
     assert re.search(r"\| spellm linear \| [^|]* \| linear \| heads \| 2 \| [^|]* \| marginal \|", training)
 
     # a second run re-uses every finished run and evaluation
