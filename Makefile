@@ -38,7 +38,7 @@ help:
 	@echo "make reproduce-table1  results/table1.{md,csv}: teacher vs SpeLLM on the lm-eval tasks (quick: ~16 min)"
 	@echo "make reproduce-table2  results/table2.{md,csv,png}: decode-step runtime, teacher vs SpeLLM (quick: ~10 min)"
 	@echo "make reproduce-table3  results/table3.{md,csv} and plots: the sweep over k and character-set size (quick: ~80 min)"
-	@echo "make reproduce-ablation  results/quality_ablation.{md,csv}: where the SpeLLM loses accuracy (~2 h)"
+	@echo "make reproduce-ablation  results/quality_ablation.{md,csv}: head types and their ceilings (~2.5 h)"
 	@echo "make notebooks   execute notebooks/*.ipynb in place on the current results/ (outputs saved)"
 	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile: teachers, coverage, distil, Tables 1-2, index, notebooks (~42 min)"
 	@echo "make reproduce-sweeps  Table 3's sweep over k and character-set size, then the index and notebooks (~80 min)"
