@@ -22,7 +22,6 @@ mixture's components, which start as noisy copies of it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -388,23 +387,22 @@ HEAD_TYPES: dict[HeadKind, type[OutputHeads]] = {
     cls.kind: cls for cls in (LinearHeads, MLPHeads, MixtureHeads, AutoregressiveHeads)}
 
 
+# the one size setting each kind reads (linear reads none)
+SIZE_FIELD = {HeadKind.mlp: "trunk_multiple", HeadKind.mixture: "components", HeadKind.autoregressive: "decoder_size"}
+
+
 def build_heads(settings: HeadsConfig, k: int, n_symbols: int, hidden_size: int,
                 dtype: torch.dtype = torch.float32) -> OutputHeads:
     """The head module of `settings.kind`, randomly initialised."""
     kind = HeadKind(settings.kind)
-    extra = {HeadKind.mlp: {"trunk_multiple": settings.trunk_multiple},
-             HeadKind.mixture: {"components": settings.components},
-             HeadKind.autoregressive: {"decoder_size": settings.decoder_size}}.get(kind, {})
+    extra = {SIZE_FIELD[kind]: getattr(settings, SIZE_FIELD[kind])} if kind in SIZE_FIELD else {}
     return HEAD_TYPES[kind](k, n_symbols, hidden_size, dtype=dtype, **extra)
 
 
 def settings_dict(settings: HeadsConfig) -> dict:
     """The fields of `settings` that its kind reads, as JSON data (what a checkpoint records)."""
-    data = {key: value for key, value in asdict(settings).items()}
-    kind = HeadKind(data.pop("kind"))
-    used = {HeadKind.mlp: "trunk_multiple", HeadKind.mixture: "components",
-            HeadKind.autoregressive: "decoder_size"}.get(kind)
-    return {"kind": kind.value, **({used: data[used]} if used else {})}
+    kind = HeadKind(settings.kind)
+    return {"kind": kind.value, **({SIZE_FIELD[kind]: getattr(settings, SIZE_FIELD[kind])} if kind in SIZE_FIELD else {})}
 
 
 def heads_label(settings: HeadsConfig | dict) -> str:

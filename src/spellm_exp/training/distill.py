@@ -22,7 +22,6 @@ from spellm_exp.config import (
     CharsetConfig,
     DataConfig,
     HeadInit,
-    HeadKind,
     HeadsConfig,
     LossConfig,
     Trainable,
@@ -36,7 +35,7 @@ from spellm_exp.core.charset import (
     build_alphabet,
     check_charset,
 )
-from spellm_exp.core.heads import FACTORISED_KINDS, settings_dict
+from spellm_exp.core.heads import FACTORISED_KINDS, SIZE_FIELD, settings_dict
 from spellm_exp.core.losses import resolve_objective
 from spellm_exp.core.spellm import SpeLLM, model_config_dict
 from spellm_exp.data.datamodule import DistillDataModule, check_data_config
@@ -81,11 +80,9 @@ def check_train_config(cfg: DictConfig) -> None:
 
 
 def check_heads_config(heads: HeadsConfig, loss: LossConfig, objective: str) -> None:
-    sizes = {HeadKind.mlp: ("heads.trunk_multiple", heads.trunk_multiple),
-             HeadKind.mixture: ("heads.components", heads.components),
-             HeadKind.autoregressive: ("heads.decoder_size", heads.decoder_size)}.get(heads.kind)
-    if sizes is not None and sizes[1] < 1:
-        raise ConfigError(f"{sizes[0]}={sizes[1]} must be >= 1.")
+    field = SIZE_FIELD.get(heads.kind)
+    if field is not None and getattr(heads, field) < 1:
+        raise ConfigError(f"heads.{field}={getattr(heads, field)} must be >= 1.")
     if objective == "token" and heads.kind not in FACTORISED_KINDS:
         if loss.top_k < 1 or loss.tail_samples < 0:
             raise ConfigError(f"loss.top_k={loss.top_k} must be >= 1 and loss.tail_samples={loss.tail_samples} "
