@@ -27,10 +27,13 @@ class CharsetKind(str, Enum):
 
 @dataclass
 class CharsetConfig:
-    """The `charset` config group: `kind`, and for `chars` the number of characters N (|Sigma| = N + 2)."""
+    """The `charset` config group: `kind`, for `chars` the number of characters N (|Sigma| = N + 2), and
+    `escape`: character alphabets also spell any other byte as two of 16 nibble symbols (|Sigma| + 16), so
+    every text has a finite likelihood (method.md); ignored by `bytes`, which spells every byte already."""
 
     kind: CharsetKind = CharsetKind.chars
     size: int = 64
+    escape: bool = True
 
 
 class HeadInit(str, Enum):

@@ -11,7 +11,8 @@ from spellm_exp.evaluation.harness import SpeLLMHarnessLM
 from spellm_exp.evaluation.tasks import TASKS, UnknownTaskError, write_task_yamls
 
 EXPECTED_DOCS = {"hellaswag": 10_042, "piqa": 1_838, "arc_easy": 570, "arc_challenge": 299, "winogrande": 1_267,
-                 "boolq": 3_270, "openbookqa": 500, "sciq": 1_000, "copa": 100, "lambada_openai": 5_153}
+                 "boolq": 3_270, "openbookqa": 500, "sciq": 1_000, "copa": 100, "lambada_openai": 5_153,
+                 "wikipedia_bpb": 801}
 
 
 @pytest.fixture(scope="module")

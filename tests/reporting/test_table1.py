@@ -54,3 +54,29 @@ def test_table_rows(eval_dirs):
     assert diff["average"] == f"{-37.5:+.2f} ± {100 * math.sqrt(0.25 ** 2 + 0.5 ** 2) / 2:.2f}"
     assert {r["metric"] for r in tidy if r["task"] == "lambada_openai"} == {"acc", "perplexity"}
     assert {r["variant"] for r in tidy} == {"spellm linear", "spellm linear-teacher"}
+
+
+def test_bits_per_byte_rows_are_paired_relative_and_not_averaged(tmp_path):
+    """Per-document bpb = -loglikelihood / (bytes ln 2); the gap is paired per document, the relative gap pools
+    all bytes, and neither enters the accuracy average."""
+    teacher, spellm = tmp_path / "teacher", tmp_path / "spellm"
+    ln2 = math.log(2)
+    docs = [(100, -100 * ln2, -110 * ln2), (300, -150 * ln2, -180 * ln2)]  # bytes, teacher and SpeLLM log p
+    _write(teacher, {"arc_easy": {"acc,none": 0.5, "acc_norm,none": 0.5}, "wikipedia_bpb": {"bits_per_byte,none": 0.625}},
+           [{"task": "arc_easy", "doc_id": 0, "acc": 1, "acc_norm": 1}, {"task": "arc_easy", "doc_id": 1, "acc": 0,
+                                                                          "acc_norm": 0}]
+           + [{"task": "wikipedia_bpb", "doc_id": i, "loglikelihood": t, "bytes": b} for i, (b, t, _) in enumerate(docs)])
+    _write(spellm, {"arc_easy": {"acc,none": 0.5, "acc_norm,none": 0.5}, "wikipedia_bpb": {"bits_per_byte,none": 0.725}},
+           [{"task": "arc_easy", "doc_id": 0, "acc": 1, "acc_norm": 1}, {"task": "arc_easy", "doc_id": 1, "acc": 0,
+                                                                          "acc_norm": 0}]
+           + [{"task": "wikipedia_bpb", "doc_id": i, "loglikelihood": s, "bytes": b} for i, (b, _, s) in enumerate(docs)])
+    tasks = ["arc_easy", "wikipedia_bpb"]
+    teacher_results = harness_results(teacher)
+    row, _ = accuracy_row("SmolLM2", "teacher", "teacher", teacher_results, tasks)
+    assert row["wikipedia_bpb (bits_per_byte)"] == 0.625 and row["average"] == 50.0
+    (_, diff), tidy = spellm_rows("SmolLM2", "SpeLLM", "spellm linear", teacher, spellm, tasks, teacher_results)
+    # per document: 1.1 - 1.0 = 0.1 and 0.6 - 0.5 = 0.1; pooled: 290 / 250 bits = +16%
+    assert diff["wikipedia_bpb (bits_per_byte)"] == "+0.100 ± 0.000 (+16.0%)"
+    assert diff["average"] == "+0.00 ± 0.00"
+    gap = [r for r in tidy if r["metric"] == "bits_per_byte_relative_gap"]
+    assert len(gap) == 1 and gap[0]["value"] == pytest.approx(0.16)

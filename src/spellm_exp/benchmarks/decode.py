@@ -133,7 +133,7 @@ def build_spellm(cfg: DictConfig, device: torch.device) -> tuple[SpeLLM, str]:
         counts = None
         if cfg.charset.kind == "chars":  # counted on a slice of the distillation corpus
             counts = token_counts(teacher.tokenizer, corpus_texts(["boolq", "hellaswag"], 200_000))
-        alphabet = build_alphabet(cfg.charset.kind, cfg.charset.size, spellings, counts)
+        alphabet = build_alphabet(cfg.charset.kind, cfg.charset.size, spellings, counts, cfg.charset.escape)
         spellm = SpeLLM.build(teacher, alphabet, cfg.k, heads=typed(HeadsConfig, cfg.heads))
         source = "heads at init (unembedding_mean): timing does not depend on their values"
     spellm.heads.to(dtype)

@@ -4,7 +4,9 @@ A token's spelling is the exact text it adds to the decoded string (method.md). 
 (GPT-2 style: SmolLM2, GPT-NeoX) maps its marker characters back through the byte decoder;
 SentencePiece-style BPE (Gemma) turns the word marker into a space and byte-fallback tokens
 (`<0x0A>`) into their byte. Spellings are kept as bytes: `bytes` mode spells bytes, `chars` and
-`ascii` modes spell the UTF-8 characters, so partial UTF-8 tokens spell only in `bytes` mode.
+`ascii` modes spell the UTF-8 characters. With the byte escape (`charset.escape=true`, method.md), a
+character alphabet also spells every byte that is not part of one of its characters (a character outside
+the alphabet, or a partial UTF-8 token) as two of 16 nibble symbols, so every text has a spelling.
 """
 
 from __future__ import annotations
@@ -42,19 +44,25 @@ class SegmentationError(ValueError):
     """A string that no sequence of spellable vocabulary tokens covers."""
 
 
-Unit = str | int  # a character (chars, ascii) or a byte value (bytes)
+Unit = str | int  # a character (chars, ascii), a byte value (bytes), or a nibble 0-15 (escaped bytes in chars, ascii)
+N_NIBBLES = 16  # an escaped byte b spells as the nibble symbols b >> 4, b & 15
 
 
 @dataclass(frozen=True)
 class Alphabet:
-    """Sigma = {PAD, EOS} + units, in symbol-id order."""
+    """Sigma = {PAD, EOS} + units (+ 16 nibble symbols with `escape`), in symbol-id order."""
 
     kind: CharsetKind
     units: tuple[Unit, ...]
+    escape: bool = False  # character alphabets only: spell any other byte as two nibble symbols
+
+    def __post_init__(self):
+        if self.escape and self.kind == CharsetKind.bytes:  # bytes spell everything already
+            object.__setattr__(self, "escape", False)
 
     @property
     def size(self) -> int:
-        return N_RESERVED + len(self.units)
+        return N_RESERVED + len(self.units) + (N_NIBBLES if self.escape else 0)
 
     @property
     def index(self) -> dict[Unit, int]:
@@ -67,33 +75,89 @@ class Alphabet:
         return None if any(s is None for s in symbols) else symbols
 
     def unit_of(self, symbol: int) -> Unit:
-        return self.units[symbol - N_RESERVED]
+        position = symbol - N_RESERVED
+        return self.units[position] if position < len(self.units) else position - len(self.units)
+
+    def spell(self, piece: bytes) -> tuple[Unit, ...] | None:
+        """The units that spell `piece` (a token's or a text's bytes); None where this alphabet cannot.
+
+        Without escape that is the UTF-8 characters (bytes: the bytes), whether or not each is in the
+        alphabet (`symbols_of` says); with escape, each character of the alphabet, and for every other byte
+        its two nibbles, so every byte string spells.
+        """
+        if self.kind == CharsetKind.bytes:
+            return tuple(piece)
+        if not self.escape:
+            try:
+                return tuple(piece.decode("utf-8"))
+            except UnicodeDecodeError:  # a partial UTF-8 sequence
+                return None
+        index, units, start = self.index, [], 0
+        while start < len(piece):
+            width = _utf8_width(piece[start])
+            try:
+                char = piece[start:start + width].decode("utf-8")
+            except UnicodeDecodeError:
+                char = None
+            if char is not None and char in index:
+                units.append(char)
+                start += width
+            else:  # escaped: this byte alone; the rest of an unknown character follows byte by byte
+                units += [piece[start] >> 4, piece[start] & 15]
+                start += 1
+        return tuple(units)
+
+    def to_bytes(self, units: Iterable[Unit]) -> bytes:
+        """The text that `units` spell: the inverse of `spell`. Escaped bytes are nibble pairs; a nibble
+        without its partner (only a decoder emits one) is dropped."""
+        if self.kind == CharsetKind.bytes:
+            return bytes(units)
+        out, high = bytearray(), None
+        for unit in units:
+            if isinstance(unit, str):
+                out += unit.encode("utf-8")
+                high = None
+            elif high is None:
+                high = unit
+            else:
+                out.append(high << 4 | unit)
+                high = None
+        return bytes(out)
 
     def to_json(self) -> dict:
-        return {"kind": self.kind.value, "units": list(self.units)}
+        # no "escape" key unless set: the alphabets saved before it existed keep their fingerprints
+        return {"kind": self.kind.value, "units": list(self.units), **({"escape": True} if self.escape else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> Alphabet:
-        return cls(CharsetKind(data["kind"]), tuple(data["units"]))
+        return cls(CharsetKind(data["kind"]), tuple(data["units"]), bool(data.get("escape", False)))
 
     @classmethod
     def bytes_(cls) -> Alphabet:
         return cls(CharsetKind.bytes, tuple(range(256)))
 
     @classmethod
-    def ascii_(cls) -> Alphabet:
-        return cls(CharsetKind.ascii, ASCII_UNITS)
+    def ascii_(cls, escape: bool = False) -> Alphabet:
+        return cls(CharsetKind.ascii, ASCII_UNITS, escape)
 
     @classmethod
-    def most_frequent(cls, char_counts: Counter, size: int) -> Alphabet:
+    def most_frequent(cls, char_counts: Counter, size: int, escape: bool = False) -> Alphabet:
         """The `size` most frequent characters; ties broken by code point, so the set is deterministic."""
         ranked = sorted(char_counts.items(), key=lambda item: (-item[1], ord(item[0])))
-        return cls(CharsetKind.chars, tuple(char for char, _ in ranked[:size]))
+        return cls(CharsetKind.chars, tuple(char for char, _ in ranked[:size]), escape)
 
 
 @lru_cache(maxsize=16)
 def _unit_index(alphabet: Alphabet) -> dict[Unit, int]:
-    return {unit: N_RESERVED + i for i, unit in enumerate(alphabet.units)}
+    index: dict[Unit, int] = {unit: N_RESERVED + i for i, unit in enumerate(alphabet.units)}
+    if alphabet.escape:  # nibbles are ints, characters are strings: the keys never collide
+        index.update({nibble: N_RESERVED + len(alphabet.units) + nibble for nibble in range(N_NIBBLES)})
+    return index
+
+
+def _utf8_width(lead: int) -> int:
+    """Bytes in the UTF-8 sequence that `lead` starts (1 for a byte that cannot start one)."""
+    return 4 if lead >= 0xF0 else 3 if lead >= 0xE0 else 2 if lead >= 0xC0 else 1
 
 
 def check_charset(kind: str, size: int, k: int) -> None:
@@ -160,10 +224,6 @@ def bytes_to_units(piece: bytes, kind: CharsetKind) -> tuple[Unit, ...] | None:
         return None
 
 
-def units_to_bytes(units: Iterable[Unit], kind: CharsetKind) -> bytes:
-    return bytes(units) if kind == CharsetKind.bytes else "".join(units).encode("utf-8")
-
-
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet, inverted: printable bytes stand for themselves, the rest for chr(256+n)."""
@@ -198,14 +258,14 @@ def character_counts(spellings: TokenSpellings, token_counts: torch.Tensor) -> C
 
 
 def build_alphabet(kind: str, size: int, spellings: TokenSpellings | None = None,
-                   token_counts: torch.Tensor | None = None) -> Alphabet:
+                   token_counts: torch.Tensor | None = None, escape: bool = False) -> Alphabet:
     if kind == CharsetKind.bytes:
         return Alphabet.bytes_()
     if kind == CharsetKind.ascii:
-        return Alphabet.ascii_()
+        return Alphabet.ascii_(escape)
     if spellings is None or token_counts is None:
         raise SpellingError("charset=chars counts characters on a corpus: pass the spellings and token counts.")
-    return Alphabet.most_frequent(character_counts(spellings, token_counts), size)
+    return Alphabet.most_frequent(character_counts(spellings, token_counts), size, escape)
 
 
 def _spellings_in(spellings: TokenSpellings, alphabet: Alphabet):
@@ -214,7 +274,8 @@ def _spellings_in(spellings: TokenSpellings, alphabet: Alphabet):
         if token_id in spellings.end_ids:
             yield None, [EOS]
             continue
-        units = spellings.units(token_id, alphabet.kind)
+        piece = spellings.pieces[token_id]
+        units = alphabet.spell(piece) if piece is not None else None
         yield units, (alphabet.symbols_of(units) if units else None)
 
 
@@ -248,6 +309,7 @@ class SpellingTable:
         table = torch.full((vocab_size, k), PAD, dtype=torch.long)
         lengths = torch.zeros(vocab_size, dtype=torch.long)
         self.string_to_id: dict[tuple[Unit, ...], int] = {}
+        self._piece_to_id: dict[bytes, int] = {}
         for token_id, (units, token_symbols) in enumerate(_spellings_in(spellings, alphabet)):
             if token_symbols is None or len(token_symbols) > k:
                 continue
@@ -255,8 +317,10 @@ class SpellingTable:
             lengths[token_id] = len(token_symbols)
             if units is not None:  # end tokens spell as EOS, not as a string; duplicates: lowest id wins
                 self.string_to_id.setdefault(units, token_id)
+                self._piece_to_id.setdefault(spellings.pieces[token_id], token_id)
         self.table, self.lengths = table, lengths
         self.spellable = lengths > 0
+        self._longest_piece = max(map(len, self._piece_to_id), default=0)
 
     @property
     def vocab_size(self) -> int:
@@ -269,19 +333,26 @@ class SpellingTable:
         digest.update(self.table.numpy().tobytes())
         return digest.hexdigest()
 
-    def cover(self, units: tuple[Unit, ...]) -> list[int]:
-        """Spellable token ids whose spellings concatenate to `units`: longest spellable prefix, repeatedly."""
+    def cover(self, text: bytes) -> list[int]:
+        """Spellable token ids whose pieces concatenate to `text`: the longest spellable prefix, repeatedly.
+
+        With a byte escape (or bytes) every single-byte token spells, so this fails only for a tokenizer
+        without byte tokens, or where k is too small to spell one escaped byte (k = 1).
+        """
         out, start = [], 0
-        while start < len(units):
-            for length in range(min(self.k, len(units) - start), 0, -1):
-                token_id = self.string_to_id.get(tuple(units[start:start + length]))
+        while start < len(text):
+            for length in range(min(self._longest_piece, len(text) - start), 0, -1):
+                token_id = self._piece_to_id.get(text[start:start + length])
                 if token_id is not None:
                     out.append(token_id)
                     start += length
                     break
             else:
-                raise SegmentationError(f"no spellable token starts with {units[start]!r}: it is not in the "
-                                        f"alphabet ({self.alphabet.kind.value}, {len(self.alphabet.units)} units)")
+                fix = "" if self.alphabet.escape or self.alphabet.kind == CharsetKind.bytes else (
+                    "; charset.escape=true spells any byte")
+                raise SegmentationError(
+                    f"no spellable token starts with {text[start:start + 4]!r}: its character is not in the "
+                    f"alphabet ({self.alphabet.kind.value}, {len(self.alphabet.units)} units, k={self.k}){fix}")
         return out
 
     def coverage(self, token_counts: torch.Tensor | None = None) -> dict[str, float]:

@@ -21,10 +21,8 @@ from spellm_exp.core.backbone import run_backbone, teacher_head
 from spellm_exp.core.charset import (
     EOS,
     PAD,
-    CharsetKind,
     SegmentationError,
     TokenSpellings,
-    units_to_bytes,
 )
 from spellm_exp.core.spellm import SpeLLM
 
@@ -92,7 +90,6 @@ class SpeLLMHead:
             raise ValueError(f"decode={mode} is unknown for a SpeLLM; use free or vocab.")
         self.spellm, self.mode = spellm, mode
         self.spelling = spellm.spelling
-        self.kind: CharsetKind = spellm.alphabet.kind
         self.tokenizer = spellm.tokenizer
 
     def propose(self, hidden: torch.Tensor) -> list[Proposal]:
@@ -119,18 +116,18 @@ class SpeLLMHead:
             return Proposal(b"", (self.spelling.spellings.eos_id,), end=True)
         length = next((i for i, s in enumerate(symbols) if s in (PAD, EOS)), len(symbols))
         units = tuple(self.spellm.alphabet.unit_of(s) for s in symbols[:length])
-        text = units_to_bytes(units, self.kind)
+        text = self.spellm.alphabet.to_bytes(units)
         token_id = self.spelling.string_to_id.get(units)
         if token_id is not None:
             return Proposal(text, (token_id,))
-        return Proposal(text, tuple(self._ids_for(text, units)), in_vocab=False)
+        return Proposal(text, tuple(self._ids_for(text)), in_vocab=False)
 
-    def _ids_for(self, text: bytes, units: tuple) -> list[int]:
+    def _ids_for(self, text: bytes) -> list[int]:
         try:
             return self.tokenizer(text.decode("utf-8"), add_special_tokens=False).input_ids
-        except UnicodeDecodeError:  # bytes mode can emit partial UTF-8: cover it with byte tokens
+        except UnicodeDecodeError:  # bytes (or escaped bytes) can be partial UTF-8: cover with byte tokens
             try:
-                return self.spelling.cover(units)
+                return self.spelling.cover(text)
             except SegmentationError:
                 return []
 

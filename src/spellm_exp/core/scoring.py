@@ -21,7 +21,7 @@ from torch import nn
 
 from spellm_exp.core.backbone import run_backbone, teacher_head
 from spellm_exp.core.ceilings import is_ceiling
-from spellm_exp.core.charset import SegmentationError, SpellingTable, bytes_to_units
+from spellm_exp.core.charset import SegmentationError, SpellingTable
 
 MODES = ("product", "vocab_normalized")
 
@@ -71,12 +71,7 @@ def _cover_run(spelling: SpellingTable, run: list[int]) -> list[int]:
     pieces = [spelling.spellings.pieces[t] for t in run]
     if any(p is None for p in pieces):
         raise SegmentationError(f"tokens {run} include a special token, which has no spelling")
-    raw = b"".join(pieces)
-    units = bytes_to_units(raw, spelling.alphabet.kind)
-    if units is None:
-        raise SegmentationError(f"{raw!r} is not valid UTF-8 text, so charset {spelling.alphabet.kind.value} "
-                                f"cannot spell it (charset=bytes can)")
-    return spelling.cover(units)
+    return spelling.cover(b"".join(pieces))
 
 
 def _continuation_hidden(causal_lm, pairs: list[tuple[list[int], list[int]]], batch_size: int):

@@ -73,13 +73,14 @@ class SpeLLMHarnessLM(LM):
         keep = max(self.max_length - len(continuation), 1)
         return context[-keep:], continuation[-self.max_length:]
 
-    def _score_pairs(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    def _score_pairs(self, pairs: list[tuple[list[int], list[int]]], raise_on_failure: bool = False
+                     ) -> list[tuple[float, bool]]:
         pairs = [self._truncate(c, t) for c, t in pairs]
         if self.variant == "teacher":
             return teacher_loglikelihoods(self.causal_lm, pairs, self.batch_size)
         source = "heads" if self.variant == "spellm" else self.variant
-        results = score_token_requests(self.spellm, pairs, self.score_mode, self.batch_size, raise_on_failure=False,
-                                       source=source)
+        results = score_token_requests(self.spellm, pairs, self.score_mode, self.batch_size,
+                                       raise_on_failure=raise_on_failure, source=source)
         self.failures += sum(r.failure is not None for r in results)
         return [(r.logprob, r.is_greedy) for r in results]
 
@@ -91,13 +92,16 @@ class SpeLLMHarnessLM(LM):
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """log p(text | prefix token) per text, as HFLM with add_bos_token=False: the text's own tokens only
+        (a BOS the tokenizer would add is the condition, not a scored byte of the text). A text the SpeLLM
+        cannot spell fails here, loudly: a perplexity must never average a -inf in."""
         prefix = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
         totals = []
         for request in tqdm(requests, disable=disable_tqdm, desc=f"loglikelihood_rolling ({self.variant})"):
-            ids = self.tokenizer(request.args[0]).input_ids  # as HFLM: the tokenizer's own special tokens
+            ids = self.tokenizer(request.args[0], add_special_tokens=False).input_ids
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
                 token_list=ids, prefix_token=prefix, max_seq_len=self.max_length, context_len=1)]
-            totals.append(sum(logprob for logprob, _ in self._score_pairs(windows)))
+            totals.append(sum(logprob for logprob, _ in self._score_pairs(windows, raise_on_failure=True)))
         return totals
 
     # --- generation ---------------------------------------------------------------------------

@@ -16,18 +16,40 @@ def harness_results(eval_dir: Path) -> dict:
 
 
 def primary_metric(task: str, metrics: dict) -> str:
-    """acc_norm where the harness reports it, acc otherwise."""
+    """acc_norm where the harness reports it, acc otherwise; bits_per_byte for a likelihood task."""
+    if "bits_per_byte,none" in metrics:
+        return "bits_per_byte"
     return "acc_norm" if "acc_norm,none" in metrics else "acc"
 
 
+def is_accuracy(metric: str) -> bool:
+    return metric in ("acc", "acc_norm")
+
+
 def average_accuracy(results: dict, tasks: list[str]) -> float:
-    """Mean over tasks of the primary metric."""
-    return sum(results[t][f"{primary_metric(t, results[t])},none"] for t in tasks) / len(tasks)
+    """Mean over the accuracy tasks of the primary metric."""
+    scores = [results[t][f"{metric},none"] for t in tasks if is_accuracy(metric := primary_metric(t, results[t]))]
+    return sum(scores) / len(scores)
 
 
 def _per_doc(samples: Path, task: str, metric: str) -> pd.Series:
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    if metric == "bits_per_byte":  # each document's own: -log2 p(text) / its bytes
+        return pd.Series({r["doc_id"]: -r["loglikelihood"] / (r["bytes"] * math.log(2))
+                          for r in rows if r["task"] == task}).sort_index()
     return pd.Series({r["doc_id"]: r[metric] for r in rows if r["task"] == task}).sort_index()
+
+
+def relative_bpb_gap(base_dir: Path, other_dir: Path, task: str) -> float:
+    """other's bits per byte over base's, minus 1, both over the same documents (all their bytes pooled, as
+    the harness aggregates bits_per_byte)."""
+    def pooled(folder: Path) -> pd.DataFrame:
+        rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        return pd.DataFrame([r for r in rows if r["task"] == task]).set_index("doc_id")[["loglikelihood", "bytes"]]
+
+    base, other = pooled(base_dir), pooled(other_dir)
+    shared = base.index.intersection(other.index)
+    return float(other.loc[shared, "loglikelihood"].sum() / base.loc[shared, "loglikelihood"].sum() - 1)
 
 
 def paired_difference(base_dir: Path, other_dir: Path, task: str, metric: str) -> tuple[float, float, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import lm_eval
@@ -48,8 +49,7 @@ def evaluate_lm(lm: SpeLLMHarnessLM, tasks: list[str], out_dir: Path, num_fewsho
     with (out_dir / "samples.jsonl").open("w") as out:
         for task, docs in samples.items():
             for doc in docs:
-                out.write(json.dumps({"task": task, "doc_id": doc["doc_id"],
-                                      **{k: doc[k] for k in ("acc", "acc_norm") if k in doc}}) + "\n")
+                out.write(json.dumps({"task": task, "doc_id": doc["doc_id"], **_per_doc_scores(doc)}) + "\n")
     results["spellm_exp"] = {"variant": lm.variant, "segmentation_failures": lm.failures,
                              "provenance": started}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -58,20 +58,54 @@ def evaluate_lm(lm: SpeLLMHarnessLM, tasks: list[str], out_dir: Path, num_fewsho
     return results
 
 
+def _per_doc_scores(doc: dict) -> dict:
+    """What paired comparisons need of one document: its accuracies, or for a likelihood task (lm-eval's
+    wikitext metrics) its log-likelihood and UTF-8 bytes."""
+    scores = {k: doc[k] for k in ("acc", "acc_norm") if k in doc}
+    if "bits_per_byte" in doc:
+        scores["loglikelihood"], scores["bytes"] = doc["bits_per_byte"]
+    return scores
+
+
 def evaluate_or_reuse(lm: SpeLLMHarnessLM, tasks: list[str], out_dir: Path, num_fewshot: int, limit: int | None,
                       identity: dict | None = None, config: dict | None = None) -> dict:
-    """The harness's results in `out_dir`: read back when they were written with the same settings (tasks,
-    limit, shots, scoring mode, and `identity`: whatever else decides the scores, such as the model and the
-    code; kept in their provenance next to `config`), else evaluated now."""
+    """The harness's results in `out_dir`: read back when they were written with the same settings (limit,
+    shots, scoring mode, and `identity`: whatever else decides the scores, such as the model and the code;
+    kept in their provenance next to `config`), else evaluated now. Tasks the folder lacks are evaluated and
+    added to it, so adding a task to a table scores only that task."""
     settings = {"tasks": list(tasks), "limit": limit, "num_fewshot": num_fewshot, "score": lm.score_mode,
                 **(identity or {})}
     done = out_dir / "results.json"
-    if done.exists():
-        stored = json.loads(done.read_text())
-        if stored["spellm_exp"]["provenance"]["config"].get("settings") == settings:
-            log.info("reusing %s", out_dir)
-            return stored["results"]
-    return evaluate_lm(lm, tasks, out_dir, num_fewshot, limit, {**(config or {}), "settings": settings})["results"]
+    stored = json.loads(done.read_text()) if done.exists() else None
+    stored_settings = stored["spellm_exp"]["provenance"]["config"].get("settings", {}) if stored else {}
+    if stored is None or {**stored_settings, "tasks": None} != {**settings, "tasks": None}:
+        return evaluate_lm(lm, tasks, out_dir, num_fewshot, limit, {**(config or {}), "settings": settings})["results"]
+    missing = [task for task in tasks if task not in stored_settings["tasks"]]
+    if not missing:
+        log.info("reusing %s", out_dir)
+        return stored["results"]
+    log.info("adding %s to %s", missing, out_dir)
+    added_dir = out_dir / "added"
+    added = evaluate_lm(lm, missing, added_dir, num_fewshot, limit,
+                        {**(config or {}), "settings": {**settings, "tasks": missing}})
+    return _merge_into(out_dir, stored, added, added_dir, missing)
+
+
+def _merge_into(out_dir: Path, stored: dict, added: dict, added_dir: Path, missing: list[str]) -> dict:
+    """`added` (an evaluation of the `missing` tasks in `added_dir`) folded into the stored one in `out_dir`."""
+    for key in ("results", "configs", "versions", "n-shot", "higher_is_better", "n-samples"):
+        if isinstance(stored.get(key), dict) and isinstance(added.get(key), dict):
+            stored[key].update(added[key])
+    ours = stored["spellm_exp"]
+    ours["provenance"]["config"]["settings"]["tasks"] += missing
+    ours["segmentation_failures"] += added["spellm_exp"]["segmentation_failures"]
+    ours.setdefault("added", []).append({"tasks": missing, "provenance": added["spellm_exp"]["provenance"]})
+    with (out_dir / "samples.jsonl").open("a") as out:
+        out.write((added_dir / "samples.jsonl").read_text())
+    (out_dir / "results.json").write_text(json.dumps(stored, indent=2, default=str))
+    flat_metrics(stored).to_csv(out_dir / "metrics.csv", index=False)
+    shutil.rmtree(added_dir)
+    return stored["results"]
 
 
 def build_lm(cfg: DictConfig) -> SpeLLMHarnessLM:

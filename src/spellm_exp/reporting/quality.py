@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from spellm_exp.evaluation.metrics import paired_difference, primary_metric
+from spellm_exp.evaluation.metrics import is_accuracy, paired_difference, primary_metric, relative_bpb_gap
 
 
 def accuracy_row(model: str, name: str, variant: str, results: dict, tasks: list[str]) -> tuple[dict, list]:
@@ -15,14 +15,15 @@ def accuracy_row(model: str, name: str, variant: str, results: dict, tasks: list
     for task in tasks:
         metrics = results[task]
         metric = primary_metric(task, metrics)
-        row[f"{task} ({metric})"] = 100 * metrics[f"{metric},none"]
+        scale = 100 if is_accuracy(metric) else 1  # accuracies in %, bits per byte as they are
+        row[f"{task} ({metric})"] = scale * metrics[f"{metric},none"]
         tidy.append({"model": model, "variant": variant, "task": task, "metric": metric,
                      "value": metrics[f"{metric},none"], "stderr": metrics.get(f"{metric}_stderr,none")})
         if task == "lambada_openai":
             row["lambada_openai (ppl)"] = metrics["perplexity,none"]
             tidy.append({"model": model, "variant": variant, "task": task, "metric": "perplexity",
                          "value": metrics["perplexity,none"], "stderr": metrics.get("perplexity_stderr,none")})
-    accuracies = [v for k, v in row.items() if k.endswith("acc)") or k.endswith("acc_norm)")]
+    accuracies = [v for k, v in row.items() if k.endswith(("acc)", "acc_norm)"))]
     row["average"] = sum(accuracies) / len(accuracies)
     return row, tidy
 
@@ -34,11 +35,17 @@ def difference_row(model: str, name: str, variant: str, base_dir: Path, other_di
     for task in tasks:
         metric = primary_metric(task, base_results[task])
         mean, se, n = paired_difference(base_dir, other_dir, task, metric)
+        tidy.append({"model": model, "variant": variant, "task": task, "metric": metric, "value": mean,
+                     "stderr": se, "n_docs": n})
+        if not is_accuracy(metric):  # bits per byte: the paired difference and the relative gap, not averaged
+            gap = relative_bpb_gap(base_dir, other_dir, task)
+            row[f"{task} ({metric})"] = f"{mean:+.3f} ± {se:.3f} ({100 * gap:+.1f}%)"
+            tidy.append({"model": model, "variant": variant, "task": task, "metric": "bits_per_byte_relative_gap",
+                         "value": gap, "stderr": None, "n_docs": n})
+            continue
         row[f"{task} ({metric})"] = f"{100 * mean:+.1f} ± {100 * se:.1f}"
         means.append(mean)
         errors.append(se)
-        tidy.append({"model": model, "variant": variant, "task": task, "metric": metric, "value": mean,
-                     "stderr": se, "n_docs": n})
     if "lambada_openai" in tasks:
         row["lambada_openai (ppl)"] = ""
     avg, avg_se = sum(means) / len(means), math.sqrt(sum(e * e for e in errors)) / len(errors)

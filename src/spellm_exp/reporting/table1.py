@@ -93,6 +93,11 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         f"tokens can cover count as wrong (log-probability -inf): {failures}.",
         "SpeLLM - teacher: mean of the paired per-document differences, ± its standard error; the average's "
         "error combines the tasks' errors.",
+        "wikipedia_bpb: bits per byte (lower is better) of Wikipedia paragraphs that no distillation set holds "
+        "(SQuAD validation's backgrounds), each text scored whole given the BOS token; SpeLLM - teacher: the paired "
+        "per-document difference and, in brackets, the relative gap of the bits pooled over all bytes (goal: "
+        "within +5%). Not part of the average. A SpeLLM spells any text through its alphabet's byte escape "
+        "(`charset.escape`, README), so every text has a finite likelihood; one it cannot spell fails the run.",
         "Head types (`heads=`, method.md): `linear` is the paper's k independent linear heads; the others are this "
         "project's extensions, each distilled with the same training profile (results/quality_ablation.md compares "
         "all of them with their ceilings).",
