@@ -244,7 +244,7 @@ def run_bench(cfg: DictConfig) -> dict:
         "init": spellm.info.origin,
         "teacher": spellm.info.as_dict(),
         "spellm": {"heads": source, "k": spellm.k, "sigma": spellm.alphabet.size,
-                   "alphabet": f"{spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}", "decode": cfg.decode,
+                   "alphabet": spellm.alphabet.label, "decode": cfg.decode,
                    "head_type": settings_dict(heads.settings()), "head_params": heads.num_parameters(),
                    "head_flops": heads.decode_flops(),
                    "teacher_head_flops": 2 * spellm.info.vocab_size * spellm.info.hidden_size},

@@ -74,6 +74,11 @@ class Alphabet:
         symbols = [index.get(u) for u in units]
         return None if any(s is None for s in symbols) else symbols
 
+    @property
+    def label(self) -> str:
+        """How tables name it: chars-64, bytes-256, and `+esc` with the byte escape."""
+        return f"{self.kind.value}-{len(self.units)}{'+esc' if self.escape else ''}"
+
     def unit_of(self, symbol: int) -> Unit:
         position = symbol - N_RESERVED
         return self.units[position] if position < len(self.units) else position - len(self.units)
@@ -350,9 +355,10 @@ class SpellingTable:
             else:
                 fix = "" if self.alphabet.escape or self.alphabet.kind == CharsetKind.bytes else (
                     "; charset.escape=true spells any byte")
+                char = text[start:start + 4].decode("utf-8", errors="replace")[0]
                 raise SegmentationError(
-                    f"no spellable token starts with {text[start:start + 4]!r}: its character is not in the "
-                    f"alphabet ({self.alphabet.kind.value}, {len(self.alphabet.units)} units, k={self.k}){fix}")
+                    f"no spellable token starts with {char!r}: it is not in the alphabet "
+                    f"({self.alphabet.kind.value}, {len(self.alphabet.units)} units, k={self.k}){fix}")
         return out
 
     def coverage(self, token_counts: torch.Tensor | None = None) -> dict[str, float]:

@@ -226,4 +226,4 @@ def model_config_dict(config: ModelConfig) -> dict:
 
 
 def _describe(alphabet: Alphabet) -> str:
-    return f"charset {alphabet.kind.value} with {len(alphabet.units)} characters"
+    return f"charset {alphabet.kind.value} with {len(alphabet.units)} characters" + (" and the byte escape" if alphabet.escape else "")

@@ -58,7 +58,7 @@ def evaluate_variants(cfg: DictConfig, tasks: list[str], config: dict) -> tuple[
     spellm = SpeLLM.load(first / "spellm", cache_dir=cfg.paths.cache_dir)
     teacher = load_teacher(spellm.teacher_config)
     model = teacher.info.description
-    label = f"k={spellm.k}, {spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}"
+    label = f"k={spellm.k}, {spellm.alphabet.label}"
     ceiling_model = SpeLLM(teacher, spellm.spelling, spellm.heads)  # the untouched teacher (heads unused)
     rows = {"teacher": (scored(SpeLLMHarnessLM(variant="teacher", teacher=teacher, **common),
                                first / EVAL_DIR / "teacher"), {})}

@@ -73,7 +73,7 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
             evaluate_or_reuse(lm, tasks, eval_dir / "spellm", cfg.num_fewshot, profile.limit,
                               {"model": model, "variant": "spellm", "head_type": head_type}, config)
             failures[f"{model} {head_type}"] = lm.failures
-            label = (f"SpeLLM k={spellm.k} {spellm.alphabet.kind.value}-{len(spellm.alphabet.units)}"
+            label = (f"SpeLLM k={spellm.k} {spellm.alphabet.label}"
                      f" {spellm.heads.kind.value}")
             rows, records = spellm_rows(spellm.info.description, label, f"spellm {head_type}", teacher_dir,
                                         eval_dir / "spellm", tasks, teacher_results)
