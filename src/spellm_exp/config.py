@@ -77,6 +77,9 @@ class ModelConfig:
     attn_implementation: str = "auto"
     seed: int = 0  # for random init
     cache_dir: str | None = None  # GGUF conversions and tokenizers; None: ~/.cache/spellm_exp
+    # where the weights are made: random init is built on the meta device and materialised there, in `dtype`,
+    # without a CPU copy (an 8B model in bf16 on a GPU in seconds); the bench sets it to the device it times on
+    device: str = "cpu"
 
 
 # --- data and training -------------------------------------------------------------------------

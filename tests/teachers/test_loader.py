@@ -68,6 +68,30 @@ def test_random_init_is_seeded(cache_dir):
     assert not torch.equal(weight(first), weight(other))
 
 
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_random_init_is_made_on_the_meta_device_with_the_models_own_init(name, tiny_teacher, monkeypatch):
+    """Built on meta then materialised: the same buffers (rotary frequencies, embedding scales) and tying as a
+    plain from_config model, weights drawn by the model's own init rules, and no CPU construction first."""
+    teacher = tiny_teacher(name)
+    plain = AutoModelForCausalLM.from_config(teacher.model.config)
+    assert {n: b for n, b in teacher.model.named_buffers()}.keys() == dict(plain.named_buffers()).keys()
+    for buffer_name, buffer in plain.named_buffers():
+        torch.testing.assert_close(dict(teacher.model.named_buffers())[buffer_name], buffer)
+    for (param_name, ours), (_, theirs) in zip(teacher.model.named_parameters(), plain.named_parameters()):
+        assert ours.shape == theirs.shape and ours.device.type == "cpu", param_name
+        # same init rule: norms at their constant, matrices at the config's initializer_range
+        if ours.dim() == 1:
+            torch.testing.assert_close(ours, theirs)
+        else:
+            assert ours.std().item() == pytest.approx(theirs.std().item(), rel=0.1), param_name
+    built_on = []
+    real = AutoModelForCausalLM.from_config
+    monkeypatch.setattr(loader.AutoModelForCausalLM, "from_config",
+                        lambda *a, **k: built_on.append(torch.empty(0).device.type) or real(*a, **k))
+    load_teacher(name=name, cache_dir=None, seed=3)
+    assert built_on == ["meta"]
+
+
 def test_random_real_size_uses_truncated_stand_in_tokenizer(cache_dir, monkeypatch):
     # Mistral-7B's vocabulary (32,000) is smaller than any offline tokenizer; shrink the body only.
     def small_mistral():

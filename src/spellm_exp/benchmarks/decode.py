@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -123,12 +123,13 @@ def benchmark_prompts(tokenizer, batch_size: int, prompt_tokens: int) -> list[st
 
 def build_spellm(cfg: DictConfig, device: torch.device) -> tuple[SpeLLM, str]:
     """The SpeLLM to time, and where its heads come from."""
-    dtype = getattr(torch, model_config(cfg).dtype)
+    teacher_config = replace(model_config(cfg), device=str(device))  # random weights are made there directly
+    dtype = getattr(torch, teacher_config.dtype)
     if cfg.checkpoint is not None:
         folder = checkpoint_folder(cfg.checkpoint)
-        spellm, source = SpeLLM.load(folder, teacher_config=model_config(cfg)), f"distilled checkpoint {folder}"
+        spellm, source = SpeLLM.load(folder, teacher_config=teacher_config), f"distilled checkpoint {folder}"
     else:
-        teacher = load_teacher(model_config(cfg))
+        teacher = load_teacher(teacher_config)
         spellings = TokenSpellings.from_tokenizer(teacher.tokenizer)
         counts = None
         if cfg.charset.kind == "chars":  # counted on a slice of the distillation corpus

@@ -145,7 +145,9 @@ class SpeLLM(nn.Module):
             "alphabet": self.alphabet.to_json(),
             "spelling_fingerprint": self.spelling.fingerprint(),
             "vocab_size": self.spelling.vocab_size,
-            "teacher": {"config": model_config_dict(self.teacher_config), "info": self.info.as_dict()},
+            # where the teacher's weights were made is not part of what it is: a checkpoint loads on the CPU
+            "teacher": {"config": {**model_config_dict(self.teacher_config), "device": "cpu"},
+                        "info": self.info.as_dict()},
             "backbone": "lora" if peft_model is not None else "trained" if backbone_trained else "frozen",
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))

@@ -140,9 +140,17 @@ def _model_kwargs(cfg: ModelConfig) -> dict:
 
 
 def _random_model(config: PretrainedConfig, cfg: ModelConfig) -> PreTrainedModel:
-    with torch.random.fork_rng(devices=[]):
+    """The architecture with fresh weights: its modules built on the meta device (no memory, no work), then
+    allocated on `cfg.device` in `cfg.dtype` and initialised there by the model's own init rules (which also
+    recompute buffers such as the rotary frequencies), so nothing is built twice or copied between devices."""
+    device = torch.device(cfg.device)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, **_model_kwargs(cfg))
+    model.to_empty(device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
-        return AutoModelForCausalLM.from_config(config, **_model_kwargs(cfg))
+        model.init_weights()  # and ties the output layer to the embeddings where the config says so
+    return model
 
 
 def _special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
@@ -196,7 +204,7 @@ def load_teacher(cfg: ModelConfig | None = None, **overrides) -> Teacher:
     check_model_config(cfg)
     spec = _spec(cfg)
     model, tokenizer, origin, source, tokenizer_label = _build(cfg, spec)
-    model.eval()
+    model.to(cfg.device).eval()  # pretrained weights load on the CPU; random ones are made on the device
     if tokenizer.pad_token is None:  # batching needs one; EOS is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     embeddings, unembedding = model.get_input_embeddings(), model.get_output_embeddings()

@@ -185,7 +185,7 @@ def feature_store(cfg: DictConfig, teacher, datamodule: DistillDataModule) -> Fe
     """The teacher's cached backbone outputs for these blocks, shared by every run that uses them."""
     # where the weights are cached and which attention kernel runs do not change what the backbone computes
     teacher_config = {k: v for k, v in model_config_dict(teacher.config).items()
-                      if k not in ("cache_dir", "attn_implementation")}
+                      if k not in ("cache_dir", "attn_implementation", "device")}
     key = {"teacher": teacher_config, "teacher_info": teacher.info.as_dict(),
            "blocks": datamodule.blocks_key(), "val_blocks": datamodule.cfg.val_blocks}
     folder = Path(cfg.paths.features_dir).expanduser() / feature_key(key)
