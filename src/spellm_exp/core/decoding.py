@@ -25,6 +25,7 @@ from spellm_exp.core.charset import (
     TokenSpellings,
 )
 from spellm_exp.core.spellm import SpeLLM
+from spellm_exp.core.vocab_lookup import VocabLookup
 
 DECODE_MODES = ("teacher", "free", "vocab")
 
@@ -82,6 +83,16 @@ class TeacherHead:
                 for i in ids]
 
 
+@dataclass(frozen=True)
+class GreedyStrings:
+    """A `free` step's result on the device: [n, k] greedy symbols, the token id each spells (-1: none), and
+    whether it is a vocabulary token (or the end)."""
+
+    symbols: torch.Tensor
+    ids: torch.Tensor
+    in_vocab: torch.Tensor
+
+
 class SpeLLMHead:
     """The k character heads, in mode `free` (per-head argmax) or `vocab` (best spellable token)."""
 
@@ -91,6 +102,7 @@ class SpeLLMHead:
         self.spellm, self.mode = spellm, mode
         self.spelling = spellm.spelling
         self.tokenizer = spellm.tokenizer
+        self.lookup = VocabLookup(spellm.spelling).to(spellm.spelling_table.device)
 
     def propose(self, hidden: torch.Tensor) -> list[Proposal]:
         if self.mode == "vocab":
@@ -98,14 +110,21 @@ class SpeLLMHead:
             return [self._token(i) for i in scores.argmax(-1).tolist()]
         return self.strings(self.symbols(hidden))
 
-    def symbols(self, hidden: torch.Tensor) -> list[list[int]]:
-        """The device part of a `free` step: the heads' greedy string (linear: k argmaxes, the first not PAD),
-        one copy to the host."""
-        return self.spellm.heads(hidden).greedy(forbid_pad_first=True).tolist()
+    def symbols(self, hidden: torch.Tensor) -> GreedyStrings:
+        """The device part of a `free` step: the heads' greedy string (linear: k argmaxes, the first not PAD)
+        and the token id it spells, looked up on the device (core.vocab_lookup)."""
+        symbols = self.spellm.heads(hidden).greedy(forbid_pad_first=True)
+        if self.lookup.sorted_keys.device != symbols.device:  # the SpeLLM moved after this head was made
+            self.lookup.to(symbols.device)
+        return GreedyStrings(symbols, *self.lookup(symbols))
 
-    def strings(self, symbols: list[list[int]]) -> list[Proposal]:
-        """The host part: each row's symbols -> its string and the input ids that carry it."""
-        return [self._string(row) for row in symbols]
+    def strings(self, greedy: GreedyStrings) -> list[Proposal]:
+        """The host part: one copy of the ids (and of the symbols of the rows that spell no token), then each
+        row's string and the input ids that carry it."""
+        ids, in_vocab = greedy.ids.tolist(), greedy.in_vocab.tolist()
+        others = iter(greedy.symbols[~greedy.in_vocab].tolist() if not all(in_vocab) else [])
+        return [self._token(token_id) if found else self._string(next(others))
+                for token_id, found in zip(ids, in_vocab)]
 
     def _token(self, token_id: int) -> Proposal:
         end = token_id in self.spelling.spellings.end_ids

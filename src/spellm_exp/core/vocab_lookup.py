@@ -1,0 +1,70 @@
+"""String -> token id on the device: the heads' greedy symbols become the next input id by a tensor lookup,
+so a vocabulary string never leaves the device (issue 17; decoding.SpeLLMHead uses it).
+
+Each spellable token's row of the spelling table S[|V|, k] gets a 62-bit key, two polynomial hashes of its
+symbols modulo primes below 2^31; the keys are sorted once. A step hashes its [n, k] greedy symbols the same
+way, finds each key with `searchsorted` and accepts the token only if its table row equals the symbols, so a
+hash collision can only make a vocabulary string look like a non-vocabulary one (which the host then resolves
+as any other), never give a wrong id. Where several tokens spell the same string the lowest id wins, as in
+`SpellingTable.string_to_id`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spellm_exp.core.charset import EOS, PAD, SpellingTable
+
+_PRIMES = (2_147_483_647, 2_147_483_629)  # moduli below 2^31: symbol x power < 2^40, a sum of k < 2^44
+_BASES = (1_000_003, 999_983)
+
+
+def normalise(symbols: torch.Tensor) -> torch.Tensor:
+    """The string a greedy row spells: every symbol after its first PAD or EOS becomes PAD (a leading EOS
+    stays, alone: the end token)."""
+    ended = ((symbols == PAD) | (symbols == EOS)).long().cumsum(-1) > 0
+    ended[:, 0] = False
+    return torch.where(ended, torch.full_like(symbols, PAD), symbols)
+
+
+class VocabLookup(nn.Module):
+    """Sorted string keys of the spellable vocabulary and their token ids, as buffers (they follow `.to`)."""
+
+    def __init__(self, spelling: SpellingTable):
+        super().__init__()
+        table = spelling.table
+        k = table.shape[1]
+        for index, (base, prime) in enumerate(zip(_BASES, _PRIMES)):
+            powers = [1]
+            for _ in range(k - 1):
+                powers.append(powers[-1] * base % prime)
+            self.register_buffer(f"powers{index}", torch.tensor(powers, dtype=torch.long), persistent=False)
+        # spelled strings only: end tokens spell as EOS and are not looked up (the EOS row is the end)
+        ids = torch.tensor([i for i in torch.nonzero(spelling.spellable).flatten().tolist()
+                            if i not in spelling.spellings.end_ids], dtype=torch.long)
+        keys = self.keys(table[ids])
+        order = torch.argsort(keys, stable=True)  # ids ascend within equal keys: the lowest id comes first
+        keys, ids = keys[order], ids[order]
+        first = torch.ones_like(keys, dtype=torch.bool)
+        first[1:] = keys[1:] != keys[:-1]
+        self.register_buffer("sorted_keys", keys[first], persistent=False)
+        self.register_buffer("sorted_ids", ids[first], persistent=False)
+        self.register_buffer("table", table.clone(), persistent=False)
+        self.eos_id = spelling.spellings.eos_id
+
+    def keys(self, symbols: torch.Tensor) -> torch.Tensor:
+        """[n, k] symbol ids -> [n] int64 keys."""
+        halves = [(symbols * getattr(self, f"powers{i}")).sum(-1) % prime for i, prime in enumerate(_PRIMES)]
+        return halves[0] * (1 << 31) + halves[1]
+
+    def forward(self, symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy [n, k] symbols -> (token id [n], in_vocab [n]) on the device: the end token for a leading EOS,
+        the token whose spelling the string is, or -1 and False for a string that is no vocabulary token."""
+        string = normalise(symbols)
+        position = torch.searchsorted(self.sorted_keys, self.keys(string)).clamp(max=self.sorted_keys.numel() - 1)
+        ids = self.sorted_ids[position]
+        found = (self.table[ids] == string).all(-1)
+        end = string[:, 0] == EOS
+        ids = torch.where(end, torch.full_like(ids, self.eos_id), torch.where(found, ids, torch.full_like(ids, -1)))
+        return ids, found | end
