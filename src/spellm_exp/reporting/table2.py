@@ -177,9 +177,9 @@ def write_table2(cfg: DictConfig, command: str) -> list[Path]:
         "chars/step and chars/s: output characters per decode step and row, and per second over the batch. They depend "
         "on what the heads emit: a string that is not one vocabulary token is fed back as several ids, one per step, "
         "and quickly distilled or random heads emit shorter strings than the teacher's tokens.",
-        "SmolLM2 and Gemma-3-270M are the real teachers (dequantised GGUF weights; SmolLM2 with its distilled quick "
-        "SpeLLM when one exists). The other rows are real-size architectures with random weights and heads at init: "
-        "they measure speed, not quality.",
+        "SmolLM2 and Gemma-3-270M are the real teachers (dequantised GGUF weights), each with its distilled quick "
+        "SpeLLM where one exists (the note says which). The other rows are real-size architectures with random "
+        "weights and heads at init: they measure speed, not quality.",
         "Average reduction over the random-init architectures at batch 1 (linear heads), per device: "
         + ", ".join(f"{device}: {value:.1f}%" for device, value in averages.items()) + " (paper: 5.1%).",
         f"Bench settings: {sorted(settings)}; records written at git SHAs "
