@@ -62,14 +62,12 @@ def test_bits_per_byte_rows_are_paired_relative_and_not_averaged(tmp_path):
     teacher, spellm = tmp_path / "teacher", tmp_path / "spellm"
     ln2 = math.log(2)
     docs = [(100, -100 * ln2, -110 * ln2), (300, -150 * ln2, -180 * ln2)]  # bytes, teacher and SpeLLM log p
-    _write(teacher, {"arc_easy": {"acc,none": 0.5, "acc_norm,none": 0.5}, "wikipedia_bpb": {"bits_per_byte,none": 0.625}},
-           [{"task": "arc_easy", "doc_id": 0, "acc": 1, "acc_norm": 1}, {"task": "arc_easy", "doc_id": 1, "acc": 0,
-                                                                          "acc_norm": 0}]
-           + [{"task": "wikipedia_bpb", "doc_id": i, "loglikelihood": t, "bytes": b} for i, (b, t, _) in enumerate(docs)])
-    _write(spellm, {"arc_easy": {"acc,none": 0.5, "acc_norm,none": 0.5}, "wikipedia_bpb": {"bits_per_byte,none": 0.725}},
-           [{"task": "arc_easy", "doc_id": 0, "acc": 1, "acc_norm": 1}, {"task": "arc_easy", "doc_id": 1, "acc": 0,
-                                                                          "acc_norm": 0}]
-           + [{"task": "wikipedia_bpb", "doc_id": i, "loglikelihood": s, "bytes": b} for i, (b, _, s) in enumerate(docs)])
+    arc = [{"task": "arc_easy", "doc_id": i, "acc": a, "acc_norm": a} for i, a in enumerate([1, 0])]
+    for folder, column, bpb in ((teacher, 1, 0.625), (spellm, 2, 0.725)):
+        bpb_docs = [{"task": "wikipedia_bpb", "doc_id": i, "loglikelihood": doc[column], "bytes": doc[0]}
+                    for i, doc in enumerate(docs)]
+        _write(folder, {"arc_easy": {"acc,none": 0.5, "acc_norm,none": 0.5},
+                        "wikipedia_bpb": {"bits_per_byte,none": bpb}}, arc + bpb_docs)
     tasks = ["arc_easy", "wikipedia_bpb"]
     teacher_results = harness_results(teacher)
     row, _ = accuracy_row("SmolLM2", "teacher", "teacher", teacher_results, tasks)

@@ -102,7 +102,7 @@ class SpeLLMHead:
         self.spellm, self.mode = spellm, mode
         self.spelling = spellm.spelling
         self.tokenizer = spellm.tokenizer
-        self.lookup = VocabLookup(spellm.spelling).to(spellm.spelling_table.device)
+        self.lookup: VocabLookup | None = None  # built by the first `free` step, where the heads run
 
     def propose(self, hidden: torch.Tensor) -> list[Proposal]:
         if self.mode == "vocab":
@@ -114,8 +114,8 @@ class SpeLLMHead:
         """The device part of a `free` step: the heads' greedy string (linear: k argmaxes, the first not PAD)
         and the token id it spells, looked up on the device (core.vocab_lookup)."""
         symbols = self.spellm.heads(hidden).greedy(forbid_pad_first=True)
-        if self.lookup.sorted_keys.device != symbols.device:  # the SpeLLM moved after this head was made
-            self.lookup.to(symbols.device)
+        if self.lookup is None or self.lookup.sorted_keys.device != symbols.device:
+            self.lookup = VocabLookup(self.spelling).to(symbols.device)
         return GreedyStrings(symbols, *self.lookup(symbols))
 
     def strings(self, greedy: GreedyStrings) -> list[Proposal]:

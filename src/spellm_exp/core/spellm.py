@@ -228,4 +228,5 @@ def model_config_dict(config: ModelConfig) -> dict:
 
 
 def _describe(alphabet: Alphabet) -> str:
-    return f"charset {alphabet.kind.value} with {len(alphabet.units)} characters" + (" and the byte escape" if alphabet.escape else "")
+    escape = " and the byte escape" if alphabet.escape else ""
+    return f"charset {alphabet.kind.value} with {len(alphabet.units)} characters{escape}"

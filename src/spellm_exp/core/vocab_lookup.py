@@ -41,8 +41,9 @@ class VocabLookup(nn.Module):
                 powers.append(powers[-1] * base % prime)
             self.register_buffer(f"powers{index}", torch.tensor(powers, dtype=torch.long), persistent=False)
         # spelled strings only: end tokens spell as EOS and are not looked up (the EOS row is the end)
-        ids = torch.tensor([i for i in torch.nonzero(spelling.spellable).flatten().tolist()
-                            if i not in spelling.spellings.end_ids], dtype=torch.long)
+        strings = spelling.spellable.clone()
+        strings[list(spelling.spellings.end_ids)] = False
+        ids = torch.nonzero(strings).flatten()
         keys = self.keys(table[ids])
         order = torch.argsort(keys, stable=True)  # ids ascend within equal keys: the lowest id comes first
         keys, ids = keys[order], ids[order]
@@ -50,7 +51,7 @@ class VocabLookup(nn.Module):
         first[1:] = keys[1:] != keys[:-1]
         self.register_buffer("sorted_keys", keys[first], persistent=False)
         self.register_buffer("sorted_ids", ids[first], persistent=False)
-        self.register_buffer("table", table.clone(), persistent=False)
+        self.register_buffer("table", table, persistent=False)  # shared on the CPU, copied by `.to(device)`
         self.eos_id = spelling.spellings.eos_id
 
     def keys(self, symbols: torch.Tensor) -> torch.Tensor:

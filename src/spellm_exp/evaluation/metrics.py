@@ -32,20 +32,24 @@ def average_accuracy(results: dict, tasks: list[str]) -> float:
     return sum(scores) / len(scores)
 
 
+def _task_samples(samples: Path, task: str) -> list[dict]:
+    """The per-document records of `task` in a samples.jsonl (evaluation.run writes it)."""
+    return [row for line in samples.read_text().splitlines() if (row := json.loads(line))["task"] == task]
+
+
 def _per_doc(samples: Path, task: str, metric: str) -> pd.Series:
-    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    rows = _task_samples(samples, task)
     if metric == "bits_per_byte":  # each document's own: -log2 p(text) / its bytes
-        return pd.Series({r["doc_id"]: -r["loglikelihood"] / (r["bytes"] * math.log(2))
-                          for r in rows if r["task"] == task}).sort_index()
-    return pd.Series({r["doc_id"]: r[metric] for r in rows if r["task"] == task}).sort_index()
+        return pd.Series({r["doc_id"]: -r["loglikelihood"] / (r["bytes"] * math.log(2)) for r in rows}).sort_index()
+    return pd.Series({r["doc_id"]: r[metric] for r in rows}).sort_index()
 
 
 def relative_bpb_gap(base_dir: Path, other_dir: Path, task: str) -> float:
     """other's bits per byte over base's, minus 1, both over the same documents (all their bytes pooled, as
     the harness aggregates bits_per_byte)."""
     def pooled(folder: Path) -> pd.DataFrame:
-        rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
-        return pd.DataFrame([r for r in rows if r["task"] == task]).set_index("doc_id")[["loglikelihood", "bytes"]]
+        rows = _task_samples(folder / "samples.jsonl", task)
+        return pd.DataFrame(rows).set_index("doc_id")[["loglikelihood", "bytes"]]
 
     base, other = pooled(base_dir), pooled(other_dir)
     shared = base.index.intersection(other.index)

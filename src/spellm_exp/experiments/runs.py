@@ -8,7 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from spellm_exp.config import compose_config
+from spellm_exp.config import CharsetKind, compose_config
+from spellm_exp.core.charset import Alphabet
 from spellm_exp.core.spellm import META_FILE
 from spellm_exp.training.distill import distil
 
@@ -24,8 +25,12 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / SUMMARY_FILE).exists() and (run_dir / "spellm" / META_FILE).exists()
 
 
-# settings a run written before they existed had, as their value then
-_LEGACY = {"charset": {"escape": False}}
+def _charset_identity(charset: dict) -> dict:
+    """What of a charset config decides the alphabet: its kind, size and whether it escapes, by the alphabet's
+    own rule (bytes never does; runs written before `escape` existed did not)."""
+    kind = CharsetKind(charset["kind"])
+    escape = Alphabet(kind, (), bool(charset.get("escape", False))).escape
+    return {"escape": escape, "kind": kind.value, "size": charset["size"]}
 
 
 def check_same_output_layer(summary: dict, cfg: DictConfig, run_dir: Path) -> None:
@@ -33,13 +38,9 @@ def check_same_output_layer(summary: dict, cfg: DictConfig, run_dir: Path) -> No
     before any evaluation, and says what to do."""
     stored = summary.get("provenance", {}).get("config", {})
     for key in ("charset", "k"):
-        wanted = OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-        had = stored.get(key)
-        if isinstance(wanted, dict) and isinstance(had, dict):
-            had = {**_LEGACY.get(key, {}), **had}
-            if key == "charset" and wanted.get("kind") == had.get("kind") == "bytes":  # nothing to escape
-                had, wanted = ({k: v for k, v in d.items() if k != "escape"} for d in (had, wanted))
-            had, wanted = ({name: d[name] for name in sorted(set(had) & set(wanted))} for d in (had, wanted))
+        had, wanted = stored.get(key), cfg[key]
+        if key == "charset" and had is not None:
+            had, wanted = _charset_identity(had), _charset_identity(OmegaConf.to_container(wanted, resolve=True))
         if had is not None and had != wanted:
             raise RunMismatchError(
                 f"{run_dir} holds a SpeLLM distilled with {key}={had}, but this config asks for {key}={wanted}. "

@@ -143,8 +143,8 @@ def distil(cfg: DictConfig, run_dir: Path) -> dict:
     counts = datamodule.train_token_counts()
     charset: CharsetConfig = typed(CharsetConfig, cfg.charset)
     # every rank counts the same cached blocks, so every rank builds this same alphabet and table
-    alphabet = build_alphabet(charset.kind.value, charset.size, TokenSpellings.from_tokenizer(teacher.tokenizer), counts,
-                              charset.escape)
+    alphabet = build_alphabet(charset.kind.value, charset.size, TokenSpellings.from_tokenizer(teacher.tokenizer),
+                              counts, charset.escape)
     spellm = SpeLLM.build(teacher, alphabet, cfg.k, init=cfg.heads_init, seed=cfg.seed,
                           heads=typed(HeadsConfig, cfg.heads))
     coverage = spellm.spelling.coverage(counts[: spellm.spelling.vocab_size])
