@@ -204,6 +204,15 @@ class SweepConfig:
 
 
 @dataclass
+class DecodeConfig:
+    """How a SpeLLM or teacher generates (core.decoding): `mode` free | vocab for a SpeLLM's heads, `backend`
+    eager | compiled (static KV cache, backbone step + head compiled as one function: a CUDA graph on a GPU)."""
+
+    mode: str = "free"
+    backend: str = "eager"
+
+
+@dataclass
 class DecodeTiming:
     """How the decode bench times a model: prompt length, backbone steps, warm-up and timed runs (a Table 2
     profile is one of these)."""
@@ -225,7 +234,7 @@ class BenchJob(DecodeTiming, _WithModel):
     device: str = "auto"
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
     layer_repeats: int = 50
-    decode: str = "free"
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     threads: int | None = None
     seed: int = 0
     out_file: str | None = None
@@ -242,7 +251,7 @@ class EvalJob(_WithModel):
     limit: int | None = None
     batch_size: int = 8
     score: str = "product"
-    decode: str = "free"
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
 @dataclass

@@ -45,23 +45,27 @@ def test_gemma_bound_is_about_038():
     assert Bound(nonembedding_params(model), 262_144, 640, k=16, sigma=258).ratio == pytest.approx(0.38, abs=0.01)
 
 
-def test_teacher_and_spellm_go_through_the_same_loop(cache_dir, monkeypatch):
-    cfg = _bench_cfg(cache_dir, "batch_sizes=[2]")
+@pytest.mark.parametrize("backend", ["eager", "compiled"])
+def test_teacher_and_spellm_go_through_the_same_loop(backend, cache_dir, monkeypatch):
+    cfg = _bench_cfg(cache_dir, "batch_sizes=[2]", f"decode.backend={backend}")
     device = check_bench_config(cfg)
     spellm, source = bench.build_spellm(cfg, device)
     assert source.startswith("heads at init")
     seen = []
-    real_generate = bench.generate
+    real_generate = bench.Decoder.generate
 
-    def spy(causal_lm, tokenizer, prompts, head, **kwargs):
-        seen.append((type(head), causal_lm))
-        return real_generate(causal_lm, tokenizer, prompts, head, **kwargs)
+    def spy(decoder, prompts, **kwargs):
+        seen.append((type(decoder.head), decoder.causal_lm, decoder.backend, id(decoder)))
+        return real_generate(decoder, prompts, **kwargs)
 
-    monkeypatch.setattr(bench, "generate", spy)
+    monkeypatch.setattr(bench.Decoder, "generate", spy)
     result = bench.bench_batch(spellm, bench.benchmark_prompts(spellm.tokenizer, 2, cfg.prompt_tokens), cfg, device)
-    assert {kind for kind, _ in seen} == {TeacherHead, SpeLLMHead}
-    assert all(lm is spellm.causal_lm for _, lm in seen)  # one backbone object for both
+    assert {kind for kind, *_ in seen} == {TeacherHead, SpeLLMHead}
+    assert all(lm is spellm.causal_lm for _, lm, *_ in seen)  # one backbone object for both
+    assert {b for _, _, b, _ in seen} == {backend}
+    assert len({d for *_, d in seen}) == 2  # one decoder per head, reused by every run (compiled once)
     assert result["step_ratio"] == pytest.approx(result["spellm"]["step_ms"] / result["teacher"]["step_ms"])
+    assert result["spellm"]["runs"][0]["steps"] == 3 and result["spellm"]["runs"][0]["head_steps"] == 3
 
 
 def test_bench_writes_a_well_formed_record(cache_dir, tmp_path):
@@ -85,6 +89,7 @@ def test_bench_writes_a_well_formed_record(cache_dir, tmp_path):
         for variant in ("teacher", "spellm"):  # EOS ignored: a fixed number of backbone steps
             assert batch[variant]["runs"][0]["steps"] == 3
         assert set(batch["output_layer"]) >= {"teacher_ms", "spellm_ms", "spellm_host_ms", "host_share_of_spellm_step"}
+    assert record["spellm"]["decode"] == {"mode": "free", "backend": "eager"}
     bound = record["bound"]
     assert bound["ratio"] == pytest.approx(Bound(*(bound[k] for k in
                                                    ("p_nonembedding", "vocab_size", "hidden_size", "k", "sigma"))).ratio)

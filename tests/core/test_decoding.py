@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spellm_exp.core.charset import EOS, PAD, Alphabet, CharsetKind
-from spellm_exp.core.decoding import decode
+from spellm_exp.core.decoding import Decoder, SpeLLMHead, TeacherHead, decode
 from spellm_exp.core.spellm import SpeLLM
 from spellm_exp.teachers import TINY_MODELS
 
@@ -70,16 +70,32 @@ def _symbols(text, k):
 def test_free_mode_feeds_every_id_of_a_non_vocabulary_string(tiny_teacher):
     spellm = SpeLLM.build(tiny_teacher("tiny_llama"), LETTERS, k=6)
     _rig(spellm, _symbols(" qzxv", 6))
-    ids = spellm.tokenizer(" qzxv", add_special_tokens=False).input_ids
-    assert len(ids) > 1 and (" ", "q", "z", "x", "v") not in spellm.spelling.string_to_id
+    ids, complete = spellm.spelling.cover_units(tuple(" qzxv"))  # longest vocabulary prefix, repeatedly
+    assert complete and len(ids) > 1 and (" ", "q", "z", "x", "v") not in spellm.spelling.string_to_id
+    assert b"".join(spellm.spelling.spellings.pieces[i] for i in ids) == b" qzxv"
     result = decode(spellm, PROMPTS[:2], mode="free", max_new_tokens=3)
     assert result.texts == [" qzxv" * 3] * 2
     assert result.token_ids == [ids * 3] * 2
     stats = result.stats
     assert stats.strings == 6 and stats.non_vocab_share == 1.0
     assert stats.steps == 2 * len(ids)  # the ids of the first two strings are fed; the last is not needed
-    # the head runs only where a string starts: the other steps feed the rest of a string's ids
-    assert [asked for _, asked in stats.step_seconds] == ([True] + [False] * (len(ids) - 1)) * 2
+
+
+def test_a_string_no_token_starts_is_emitted_and_fed_as_pad(tiny_teacher):
+    """Where no vocabulary token starts the rest of a string (here a lone escape nibble: tokens spell whole
+    bytes), the device feeds the pad id once and drops the rest; the host's rule says the same."""
+    escaped = dataclasses.replace(LETTERS, escape=True)
+    spellm = SpeLLM.build(tiny_teacher("tiny_llama"), escaped, k=6)
+    lone_nibble = escaped.size - 1  # nibble 15
+    string = _symbols(" the", 6)[:4] + [lone_nibble, PAD]
+    _rig(spellm, string)
+    head = SpeLLMHead(spellm)
+    proposal = head.proposal(string)
+    assert proposal.ids == (spellm.spelling.string_to_id[tuple(" the")], head.pad_id) and not proposal.in_vocab
+    assert proposal.text == b" the"  # a nibble without its partner carries no byte
+    for backend in ("eager", "compiled"):
+        result = decode(spellm, PROMPTS[:1], mode="free", max_new_tokens=2, backend=backend)
+        assert result.texts == [" the" * 2] and result.token_ids == [list(proposal.ids) * 2]
 
 
 def test_the_loop_times_prefill_and_each_step_with_the_given_clock(tiny_teacher):
@@ -87,9 +103,9 @@ def test_the_loop_times_prefill_and_each_step_with_the_given_clock(tiny_teacher)
     _rig(spellm, _symbols(" the", 6))
     ticks = iter(range(1000))
     stats = decode(spellm, PROMPTS[:1], mode="free", max_new_tokens=3, clock=lambda: float(next(ticks))).stats
-    # clock calls: start 0, prefilled 1, then per step (start, end) = (2, 3), (4, 5); the last proposal 6; end 7
-    assert stats.prefill_seconds == 1.0 and stats.step_seconds == [(1.0, True), (1.0, True)]
-    assert stats.decode_seconds == 6.0
+    # clock calls: start 0, prefilled (prompt pass + first head step) 1, per step (start, end) = (2, 3), (4, 5); end 6
+    assert stats.prefill_seconds == 1.0 and stats.step_seconds == [1.0, 1.0]
+    assert stats.decode_seconds == 5.0
 
 
 def test_free_mode_uses_the_vocabulary_id_when_the_string_is_a_token(tiny_teacher):
@@ -117,8 +133,6 @@ def test_unknown_mode_is_rejected(tiny_teacher):
 
 
 def test_teacher_ids_past_the_tokenizer_are_fed_back_without_text(tiny_teacher):
-    from spellm_exp.core.decoding import TeacherHead
-
     teacher = tiny_teacher("tiny_llama")
     spellings = SpeLLM.build(teacher, LETTERS, k=4).spelling.spellings
     head = TeacherHead(teacher.model, spellings)
@@ -126,5 +140,51 @@ def test_teacher_ids_past_the_tokenizer_are_fed_back_without_text(tiny_teacher):
     past = len(spellings.pieces) - 1  # pretend the tokenizer ends here: its last id is now "past" it
     head.spellings = dataclasses.replace(spellings, pieces=spellings.pieces[:past])
     hidden = teacher.model.get_output_embeddings().weight[past].detach().unsqueeze(0) * 100
-    (proposal,) = head.propose(hidden)
+    step = head.step(hidden, torch.zeros(1, 1, dtype=torch.long))
+    assert step.ids.tolist() == [past] and step.asked.all()
+    proposal = head.proposal(step.output[0].tolist())
     assert proposal.ids == (past,) and proposal.text == b"" and past < vocab
+
+
+# --- decode.backend=compiled: static KV cache, backbone step + head compiled as one function -------------------
+def _spellm_with_random_heads(teacher, k=6):
+    torch.manual_seed(0)
+    spellm = SpeLLM.build(teacher, LETTERS, k=k)
+    with torch.no_grad():
+        spellm.heads.weight.normal_(std=0.05)
+    return spellm
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_compiled_backend_gives_the_eager_tokens(name, tiny_teacher):
+    """Teacher, free and vocab modes: token for token, on every family (the tiny sliding-window models attend
+    past their 16-position window here, so the static cache's sliding layers are covered too)."""
+    teacher = tiny_teacher(name)
+    spellm = _spellm_with_random_heads(teacher)
+    for model, mode in ((teacher, "teacher"), (spellm, "free"), (spellm, "vocab")):
+        eager = decode(model, PROMPTS, mode=mode, max_new_tokens=10)
+        compiled = decode(model, PROMPTS, mode=mode, max_new_tokens=10, backend="compiled")
+        assert compiled.token_ids == eager.token_ids and compiled.texts == eager.texts, mode
+        assert (compiled.stats.steps, compiled.stats.strings, compiled.stats.non_vocab_strings) == (
+            eager.stats.steps, eager.stats.strings, eager.stats.non_vocab_strings)
+    assert eager.stats.strings == 30
+    assert decode(spellm, PROMPTS, mode="free", max_new_tokens=10).stats.non_vocab_share > 0.3  # the hard case ran
+
+
+def test_a_compiled_decoder_reuses_its_step_and_reads_in_chunks(tiny_teacher):
+    spellm = _spellm_with_random_heads(tiny_teacher("tiny_llama"))
+    eager = decode(spellm, PROMPTS, mode="free", max_new_tokens=6, stop=["e"])
+    decoder = Decoder(spellm.causal_lm, spellm.tokenizer, SpeLLMHead(spellm), backend="compiled", sync_every=4)
+    first = decoder.generate(PROMPTS, max_new_tokens=6, stop=["e"])
+    second = decoder.generate(PROMPTS, max_new_tokens=6, stop=["e"])
+    assert first.texts == second.texts == eager.texts and first.token_ids == eager.token_ids
+    assert first.stats.steps == eager.stats.steps  # the steps the rows needed, not the chunk's extra ones
+    assert len(decoder._compiled) == 1  # same batch and cache length: one static cache, one compiled step
+    timed = decoder.generate(PROMPTS, max_new_tokens=50, ignore_eos=True, max_steps=5)
+    assert timed.stats.steps == 5 and len(timed.stats.step_seconds) == 5
+
+
+def test_an_unknown_backend_is_rejected(tiny_teacher):
+    teacher = tiny_teacher("tiny_llama")
+    with pytest.raises(ValueError, match=r"decode.backend=graph is unknown; use one of \('eager', 'compiled'\)"):
+        Decoder(teacher.model, teacher.tokenizer, None, backend="graph")

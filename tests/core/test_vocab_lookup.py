@@ -55,3 +55,28 @@ def test_a_wrong_candidate_is_never_returned(spelling):
     rows = spelling.table[spelling.spellable & (spelling.table[:, 0] != EOS)][:200]
     ids, found = lookup(rows)
     assert not found.any() and (ids == -1).all()
+
+
+def test_device_cover_is_the_hosts_longest_prefix_rule(spelling):
+    """VocabLookup.cover (the decode step) and SpellingTable.cover_units (the host) split strings alike."""
+    generator = torch.Generator().manual_seed(1)
+    lookup = VocabLookup(spelling)
+    words = spelling.table[spelling.spellable][:300]
+    glued = torch.cat([words[:, :4], words.roll(1, 0)[:, :4]], dim=1)  # two token starts: mostly no token
+    randoms = torch.randint(2, spelling.alphabet.size, (300, 8), generator=generator)
+    symbols = torch.cat([words, normalise(glued), randoms])
+    ids, lengths = lookup.cover(symbols)
+    for row, token_id, length in zip(symbols.tolist(), ids.tolist(), lengths.tolist()):
+        if row[0] == EOS:
+            assert (token_id, length) == (spelling.spellings.eos_id, 8)
+            continue
+        end = next((i for i, s in enumerate(row) if s in (PAD, EOS)), len(row))
+        units = tuple(spelling.alphabet.unit_of(s) for s in row[:end])
+        host, _ = spelling.cover_units(units)
+        if not host:
+            assert (token_id, length) == (-1, 0)
+            continue
+        assert token_id == host[0]
+        spelled = tuple(spelling.alphabet.unit_of(s) for s in row[:length] if s != PAD)
+        assert spelling.string_to_id[spelled] == token_id and length >= len(spelled)
+    assert (lengths < 8).sum() > 300  # the glued and random rows split

@@ -1,11 +1,12 @@
 """Decode-step runtime, teacher vs SpeLLM (`python -m spellm_exp.bench model=<teacher> [checkpoint=<run>]`).
 
-Both variants run through the one decode loop (`decoding.generate`) on the same backbone object,
-prompts, device and dtype; only the output head differs. Per batch size: warm-up runs, then timed
+Both variants run through the one decode loop (`decoding.Decoder`, backend `decode.backend`) on the same
+backbone object, prompts, device and dtype; only the output head differs. Per batch size: warm-up runs, then timed
 repetitions with teacher and SpeLLM interleaved, a fixed number of decode steps (EOS ignored, so
 random-init models can be timed), and the device synchronised around every timed region. Also the
-output layer alone (teacher head + argmax vs fused char heads + k argmaxes + string -> ids on the
-host), peak memory, and the weight-bytes bound of method.md next to the measured ratio.
+output layer alone (teacher head + argmax vs char heads + k argmaxes + string -> ids, both on the
+device), the host's reading of a step, peak memory, and the weight-bytes bound of method.md next to
+the measured ratio.
 `run_bench` returns the record, with provenance; the command writes it to <run folder>/bench.json (and `out_file`).
 """
 
@@ -35,13 +36,14 @@ from spellm_exp.config import (
     typed,
 )
 from spellm_exp.core.charset import (
+    PAD,
     SpellingError,
     TokenSpellings,
     build_alphabet,
     check_charset,
     token_counts,
 )
-from spellm_exp.core.decoding import SpeLLMHead, TeacherHead, generate
+from spellm_exp.core.decoding import Decoder, SpeLLMHead, TeacherHead
 from spellm_exp.core.heads import settings_dict
 from spellm_exp.core.spellm import SpeLLM, checkpoint_folder
 from spellm_exp.data.corpus import corpus_texts
@@ -141,13 +143,12 @@ def build_spellm(cfg: DictConfig, device: torch.device) -> tuple[SpeLLM, str]:
     return spellm.to(device).eval(), source
 
 
-def _time_generate(spellm: SpeLLM, head, prompts: list[str], cfg: DictConfig, clock) -> dict:
-    generation = generate(spellm.causal_lm, spellm.tokenizer, prompts, head, max_new_tokens=cfg.decode_steps + 1,
-                          ignore_eos=True, max_steps=cfg.decode_steps, clock=clock)
+def _time_generate(decoder: Decoder, prompts: list[str], cfg: DictConfig, clock) -> dict:
+    generation = decoder.generate(prompts, max_new_tokens=cfg.decode_steps + 1, ignore_eos=True,
+                                  max_steps=cfg.decode_steps, clock=clock)
     stats = generation.stats
-    full_steps = [seconds for seconds, asked in stats.step_seconds if asked]
     return {"prefill_s": stats.prefill_seconds, "decode_s": stats.decode_seconds, "steps": stats.steps,
-            "step_s": statistics.median(full_steps), "head_steps": len(full_steps),
+            "step_s": statistics.median(stats.step_seconds), "head_steps": len(stats.step_seconds),
             "new_chars": stats.new_chars, "new_tokens": stats.new_tokens, "strings": stats.strings,
             "non_vocab_share": stats.non_vocab_share}
 
@@ -166,7 +167,9 @@ def _summarise(runs: list[dict], batch_size: int) -> dict:
 
 def time_output_layers(teacher_head: TeacherHead, spellm_head: SpeLLMHead, hidden: torch.Tensor, repeats: int,
                        clock) -> dict:
-    """Median ms of the output layer alone on the same hidden states, and of its host part for the SpeLLM."""
+    """Median ms of each output layer's device step alone on the same hidden states (the SpeLLM's includes
+    string -> ids), and of the host reading one SpeLLM step into strings and ids (off the step's critical path
+    with decode.backend=compiled, where it happens every few steps)."""
     def median_ms(fn) -> float:
         fn()  # warm-up
         times = []
@@ -176,11 +179,14 @@ def time_output_layers(teacher_head: TeacherHead, spellm_head: SpeLLMHead, hidde
             times.append(clock() - start)
         return 1e3 * statistics.median(times)
 
-    symbols = spellm_head.symbols(hidden)
-    return {"teacher_ms": median_ms(lambda: teacher_head.propose(hidden)),
-            "spellm_ms": median_ms(lambda: spellm_head.propose(hidden)),
-            "spellm_device_ms": median_ms(lambda: spellm_head.symbols(hidden)),
-            "spellm_host_ms": median_ms(lambda: spellm_head.strings(symbols))}
+    rows = hidden.shape[0]
+    teacher_pending = torch.full((rows, teacher_head.width), PAD, dtype=torch.long, device=hidden.device)
+    spellm_pending = torch.full((rows, spellm_head.width), PAD, dtype=torch.long, device=hidden.device)
+    spellm_head.prepare(hidden.device)
+    outputs = spellm_head.step(hidden, spellm_pending).output
+    return {"teacher_ms": median_ms(lambda: teacher_head.step(hidden, teacher_pending)),
+            "spellm_ms": median_ms(lambda: spellm_head.step(hidden, spellm_pending)),
+            "spellm_host_ms": median_ms(lambda: [spellm_head.proposal(row) for row in outputs.tolist()])}
 
 
 @torch.inference_mode()
@@ -189,19 +195,21 @@ def bench_batch(spellm: SpeLLM, prompts: list[str], cfg: DictConfig, device: tor
     clock = device_clock(device)
     batch_size = len(prompts)
     heads = {"teacher": TeacherHead(spellm.causal_lm, spellm.spelling.spellings),
-             "spellm": SpeLLMHead(spellm, cfg.decode)}
+             "spellm": SpeLLMHead(spellm, cfg.decode.mode)}
+    # one decoder per head for the whole batch: a compiled backend compiles its step once, in the warm-up
+    decoders = {name: Decoder(spellm.causal_lm, spellm.tokenizer, head, cfg.decode.backend)
+                for name, head in heads.items()}
     runs = {name: [] for name in heads}
     for repeat in range(cfg.warmup + cfg.repeats):
-        for name, head in heads.items():  # interleaved, so both see the same machine state
-            run = _time_generate(spellm, head, prompts, cfg, clock)
+        for name, decoder in decoders.items():  # interleaved, so both see the same machine state
+            run = _time_generate(decoder, prompts, cfg, clock)
             if repeat >= cfg.warmup:
                 runs[name].append(run)
     result = {"batch_size": batch_size, **{name: _summarise(r, batch_size) for name, r in runs.items()}}
-    for name, head in heads.items():
+    for name, decoder in decoders.items():
         result[name]["peak_memory_mb"] = peak_rise_mb(
-            lambda head=head: generate(spellm.causal_lm, spellm.tokenizer, prompts, head,
-                                       max_new_tokens=cfg.decode_steps + 1, ignore_eos=True,
-                                       max_steps=cfg.decode_steps), device)
+            lambda decoder=decoder: decoder.generate(prompts, max_new_tokens=cfg.decode_steps + 1, ignore_eos=True,
+                                                     max_steps=cfg.decode_steps), device)
     hidden = torch.randn(batch_size, spellm.info.hidden_size, device=device, dtype=spellm.heads.dtype)
     layers = time_output_layers(heads["teacher"], heads["spellm"], hidden, cfg.layer_repeats, clock)
     layers["host_share_of_spellm_step"] = layers["spellm_host_ms"] / result["spellm"]["step_ms"]
@@ -245,7 +253,7 @@ def run_bench(cfg: DictConfig) -> dict:
         "init": spellm.info.origin,
         "teacher": spellm.info.as_dict(),
         "spellm": {"heads": source, "k": spellm.k, "sigma": spellm.alphabet.size,
-                   "alphabet": spellm.alphabet.label, "decode": cfg.decode,
+                   "alphabet": spellm.alphabet.label, "decode": OmegaConf.to_container(cfg.decode),
                    "head_type": settings_dict(heads.settings()), "head_params": heads.num_parameters(),
                    "head_flops": heads.decode_flops(),
                    "teacher_head_flops": 2 * spellm.info.vocab_size * spellm.info.hidden_size},

@@ -361,6 +361,21 @@ class SpellingTable:
                     f"({self.alphabet.kind.value}, {len(self.alphabet.units)} units, k={self.k}){fix}")
         return out
 
+    def cover_units(self, units: tuple[Unit, ...]) -> tuple[list[int], bool]:
+        """Token ids for a decoded string: its longest prefix that spells a token, repeatedly (the decode step's
+        rule, vocab_lookup.VocabLookup.cover). Returns (ids, False) where no token starts the rest."""
+        ids, start = [], 0
+        while start < len(units):
+            for length in range(min(self.k, len(units) - start), 0, -1):
+                token_id = self.string_to_id.get(units[start:start + length])
+                if token_id is not None:
+                    ids.append(token_id)
+                    start += length
+                    break
+            else:
+                return ids, False
+        return ids, True
+
     def coverage(self, token_counts: torch.Tensor | None = None) -> dict[str, float]:
         return coverage_at(self.lengths, self.k, token_counts)
 

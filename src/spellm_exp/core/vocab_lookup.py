@@ -7,6 +7,10 @@ way, finds each key with `searchsorted` and accepts the token only if its table 
 hash collision can only make a vocabulary string look like a non-vocabulary one (which the host then resolves
 as any other), never give a wrong id. Where several tokens spell the same string the lowest id wins, as in
 `SpellingTable.string_to_id`.
+
+`cover` is the decode step's rule for the next input id, with no host round-trip: the longest prefix of the
+string that is a vocabulary token, the rest kept for the next steps (a vocabulary string is its own longest
+prefix). `SpellingTable.cover_units` is the same rule on the host.
 """
 
 from __future__ import annotations
@@ -69,3 +73,27 @@ class VocabLookup(nn.Module):
         end = string[:, 0] == EOS
         ids = torch.where(end, torch.full_like(ids, self.eos_id), torch.where(found, ids, torch.full_like(ids, -1)))
         return ids, found | end
+
+    def cover(self, strings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n, k] strings -> (the id of each one's longest vocabulary prefix [n], the symbols it spells [n]).
+
+        A leading EOS is the end token and takes the whole row; a string no token starts gives length 0 (id -1)."""
+        string = normalise(strings)
+        k = string.shape[1]
+        slots = torch.arange(k, device=string.device)
+        lengths = slots + 1
+        prefixes = torch.where(slots[None, None, :] < lengths[None, :, None], string[:, None, :], PAD)  # [n, k, k]
+        ids, found = self(prefixes.flatten(0, 1))
+        found = found.view(-1, k) & (string[:, None, 0] != EOS)
+        longest = torch.where(found, lengths, 0).max(-1).values
+        ids = ids.view(-1, k).gather(1, (longest - 1).clamp(min=0)[:, None]).squeeze(1)
+        end = string[:, 0] == EOS
+        ids = torch.where(end, torch.full_like(ids, self.eos_id), torch.where(longest > 0, ids, -1))
+        return ids, torch.where(end, k, longest)
+
+
+def drop_prefix(strings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[n, k] strings without their first `lengths` [n] symbols, PAD-filled on the right."""
+    k = strings.shape[1]
+    source = torch.arange(k, device=strings.device)[None, :] + lengths[:, None]
+    return torch.where(source < k, strings.gather(1, source.clamp(max=k - 1)), PAD)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from spellm_exp.core.ceilings import is_ceiling
 from spellm_exp.core.charset import TokenSpellings
-from spellm_exp.core.decoding import SpeLLMHead, TeacherHead, generate
+from spellm_exp.core.decoding import Decoder, SpeLLMHead, TeacherHead
 from spellm_exp.core.scoring import (
     MODES,
     encode_pair,
@@ -45,6 +45,7 @@ class SpeLLMHarnessLM(LM):
 
     def __init__(self, checkpoint: str | None = None, model: str | None = None, variant: str = "spellm",
                  batch_size: int | str = 8, score: str = "product", decode_mode: str = "free",
+                 decode_backend: str = "eager",
                  max_length: int = 2048, max_gen_toks: int = 256, cache_dir: str | None = None,
                  spellm: SpeLLM | None = None, teacher: Teacher | None = None, **_harness_extras):
         # _harness_extras: what the harness passes to every model (device, max_batch_size, ...): CPU/GPU
@@ -65,8 +66,9 @@ class SpeLLMHarnessLM(LM):
         self.score_mode, self.decode_mode = score, decode_mode
         self.max_length, self.max_gen_toks = int(max_length), int(max_gen_toks)
         self.failures = 0  # SpeLLM requests whose continuation no spellable tokens cover
-        self._head = (TeacherHead(self.causal_lm, TokenSpellings.from_tokenizer(self.tokenizer))
-                      if variant == "teacher" else SpeLLMHead(spellm, decode_mode) if variant == "spellm" else None)
+        head = (TeacherHead(self.causal_lm, TokenSpellings.from_tokenizer(self.tokenizer))
+                if variant == "teacher" else SpeLLMHead(spellm, decode_mode) if variant == "spellm" else None)
+        self._decoder = Decoder(self.causal_lm, self.tokenizer, head, decode_backend) if head is not None else None
 
     # --- loglikelihood ------------------------------------------------------------------------
     def _truncate(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
@@ -106,7 +108,7 @@ class SpeLLMHarnessLM(LM):
 
     # --- generation ---------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        if self._head is None:
+        if self._decoder is None:
             raise SpeLLMEvalError(f"variant={self.variant} only scores; generation tasks need variant=spellm or teacher.")
         groups: dict[str, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
@@ -120,8 +122,8 @@ class SpeLLMHarnessLM(LM):
             max_new = int(kwargs.get("max_gen_toks", self.max_gen_toks))
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start:start + self.batch_size]
-                texts = generate(self.causal_lm, self.tokenizer, [requests[i].args[0] for i in batch], self._head,
-                                 max_new_tokens=max_new, stop=until).texts
+                texts = self._decoder.generate([requests[i].args[0] for i in batch], max_new_tokens=max_new,
+                                               stop=until).texts
                 for i, text in zip(batch, texts):
                     outputs[i] = text
                 progress.update(len(batch))
