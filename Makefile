@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation results-index notebooks reproduce reproduce-sweeps reproduce-all clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan gpu-bundle distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation results-index notebooks reproduce reproduce-sweeps reproduce-all clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -34,6 +34,7 @@ help:
 	@echo "make bench-distill  results/distill_throughput.{md,csv}: distillation vs teacher forward (~5 min)"
 	@echo "make bench-distill-gpu  the same on a CUDA GPU: real-size random-init teachers, bf16, with MFU"
 	@echo "make memory-plan results/distill_memory.{md,csv}: estimated memory per GPU for each teacher (seconds)"
+	@echo "make gpu-bundle  dist/gpu-bundle: runs the GPU Table 2 on a bare GPU machine (bash dist/gpu-bundle/bench-gpu.sh OUT)"
 	@echo "make distill     distil the quick-profile SmolLM2 SpeLLM (k=16) into $(QUICK_RUN) (~10 min)"
 	@echo "make reproduce-table1  results/table1.{md,csv}: teacher vs SpeLLM on the lm-eval tasks and bits per byte, SmolLM2 and Gemma-3-270M (quick: ~90 min)"
 	@echo "make reproduce-table2  results/table2.{md,csv,png}: decode-step runtime, teacher vs SpeLLM (quick: ~10 min)"
@@ -76,6 +77,11 @@ bench-distill-gpu: setup
 
 memory-plan: setup
 	$(PY) -m spellm_exp.memory_plan
+
+# a folder (< 64 MB) with the source, pure-Python wheels, stand-in tokenizers and prompts; on a GPU machine with
+# torch, transformers and lightning: bash dist/gpu-bundle/bench-gpu.sh OUT_DIR (the seven architectures, < 10 min)
+gpu-bundle: setup
+	$(PY) -m spellm_exp.gpu_bundle
 
 # The quick-profile SpeLLM of SmolLM2 (k=16, 64 characters); kept, and reused by later tables.
 QUICK_RUN := outputs/train/smollm2_k16_quick

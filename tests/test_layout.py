@@ -105,7 +105,7 @@ def test_each_kind_of_breach_is_found(tmp_path):
     ])
 
 
-def test_every_config_file_ships_as_package_data():
+def test_every_config_file_and_script_ships_as_package_data():
     # a plain (non-editable) `pip install .` copies only what [tool.setuptools.package-data] names
     import tomllib
 
@@ -116,4 +116,4 @@ def test_every_config_file_ships_as_package_data():
     shipped = {path for pattern in patterns for path in PACKAGE.glob(pattern)}
     configs = {path for path in Path(CONFIG_DIR).rglob("*") if path.is_file()}
     assert Path(CONFIG_DIR).parent == PACKAGE and len(configs) > 40
-    assert configs == shipped
+    assert configs | set(PACKAGE.rglob("*.sh")) == shipped

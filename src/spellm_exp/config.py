@@ -206,10 +206,12 @@ class SweepConfig:
 @dataclass
 class DecodeConfig:
     """How a SpeLLM or teacher generates (core.decoding): `mode` free | vocab for a SpeLLM's heads, `backend`
-    eager | compiled (static KV cache, backbone step + head compiled as one function: a CUDA graph on a GPU)."""
+    eager | compiled (static KV cache, backbone step + head compiled as one function: a CUDA graph on a GPU),
+    `compiler` auto | cudagraphs | inductor for the compiled backend."""
 
     mode: str = "free"
     backend: str = "eager"
+    compiler: str = "auto"
 
 
 @dataclass
@@ -237,6 +239,8 @@ class BenchJob(DecodeTiming, _WithModel):
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     threads: int | None = None
     seed: int = 0
+    prompts_file: str | None = None
+    measure_bandwidth: bool = True
     out_file: str | None = None
 
 
@@ -333,6 +337,8 @@ class Table2Job(_Command):
     bench_dir: str = "results/bench"
     profiles: dict[str, DecodeTiming] = field(default_factory=dict)
     entries: dict[str, list[str]] = field(default_factory=dict)
+    common: list[str] = field(default_factory=list)  # bench overrides for every entry
+    prompts_file: str | None = None  # bench prompts from this JSON list of passages (the GPU bundle's)
 
 
 @dataclass
@@ -357,9 +363,18 @@ class AblationJob(_Command):
     table_name: str = "quality_ablation"  # results/<table_name>.{md,csv}
 
 
+@dataclass
+class GpuBundleJob(_Command):
+    """conf/gpu_bundle.yaml: the folder that runs the GPU Table 2 on a bare GPU machine."""
+
+    out_dir: str = "dist/gpu-bundle"
+    table: str = "table2_gpu"  # the table config whose entries the bundle must serve
+
+
 COMMAND_SCHEMAS = {"train": TrainJob, "bench": BenchJob, "eval": EvalJob, "describe": DescribeJob,
                    "coverage": CoverageJob, "memory_plan": MemoryPlanJob, "bench_distill": BenchDistillJob,
-                   "table1": Table1Job, "table2": Table2Job, "table3": Table3Job, "ablation": AblationJob}
+                   "table1": Table1Job, "table2": Table2Job, "table3": Table3Job, "ablation": AblationJob,
+                   "gpu_bundle": GpuBundleJob}
 
 
 def register_configs() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 _VERSIONED = ("torch", "transformers", "lightning", "lm_eval", "spellm-exp")
+BUNDLE_SHA = "SPELLM_GIT_SHA"
 
 
 # what makes a number: the package's code and configs. Rewritten results/ and notebooks/ (a `make reproduce` writes
@@ -22,7 +24,10 @@ CODE_PATHSPEC = ":(top)src"
 
 
 def git_sha(repo: Path | None = None) -> str:
-    """The commit SHA, suffixed with `-dirty` when tracked files under src/ have uncommitted changes."""
+    """The commit SHA, suffixed with `-dirty` when tracked files under src/ have uncommitted changes; a copy of
+    the source without git (the GPU bundle) names its commit in SPELLM_GIT_SHA."""
+    if os.environ.get(BUNDLE_SHA):
+        return os.environ[BUNDLE_SHA]
     cwd = repo or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,

@@ -89,7 +89,7 @@ def test_bench_writes_a_well_formed_record(cache_dir, tmp_path):
         for variant in ("teacher", "spellm"):  # EOS ignored: a fixed number of backbone steps
             assert batch[variant]["runs"][0]["steps"] == 3
         assert set(batch["output_layer"]) >= {"teacher_ms", "spellm_ms", "spellm_host_ms", "host_share_of_spellm_step"}
-    assert record["spellm"]["decode"] == {"mode": "free", "backend": "eager"}
+    assert record["spellm"]["decode"] == {"mode": "free", "backend": "eager", "compiler": "inductor"}
     bound = record["bound"]
     assert bound["ratio"] == pytest.approx(Bound(*(bound[k] for k in
                                                    ("p_nonembedding", "vocab_size", "hidden_size", "k", "sigma"))).ratio)
@@ -114,6 +114,9 @@ def test_bench_times_another_head_type_and_bounds_it_by_its_parameters(kind, cac
     (["decode_steps=0"], r"decode_steps=0 must be >= 1"),
     (["checkpoint=/nowhere"], r"checkpoint=/nowhere is not a SpeLLM checkpoint"),
     (["model=mistral"], r"model.path=/path/to/folder"),
+    (["decode.backend=graph"], r"decode.backend=graph is unknown; use one of \('eager', 'compiled'\)"),
+    (["decode.compiler=cudagraphs", "device=cpu"], r"decode.compiler=cudagraphs needs a CUDA GPU"),
+    (["prompts_file=/nowhere.json"], r"prompts_file=/nowhere.json does not exist"),
 ])
 def test_bad_bench_configs_fail_before_loading(overrides, message, cache_dir):
     with pytest.raises(BenchConfigError, match=message):
@@ -133,7 +136,7 @@ def test_a_model_too_large_for_memory_is_skipped_without_loading(cache_dir, monk
     assert record["skipped"].startswith("needs 27.0 GB of float32 weights") and "8.0 GB available" in record["skipped"]
 
 
-def _record(model, init, device, ratio_1, bound, skipped=None, head_type=None):
+def _record(model, init, device, ratio_1, bound, skipped=None, head_type=None, decode=None, bandwidth=None):
     record = {"model": model, "init": init, "dtype": "float32", "provenance": {"device": device, "git_sha": "abc",
                                                                               "date": "2026-11-23"}}
     if skipped:
@@ -142,7 +145,8 @@ def _record(model, init, device, ratio_1, bound, skipped=None, head_type=None):
                          "chars_per_step": 3.0, "non_vocab_share": 0.0, "peak_memory_mb": 5.0}
     return {**record, "teacher": {"description": model.upper()},
             "spellm": {"k": 16, "sigma": 66, "alphabet": "chars-64", "heads": "distilled checkpoint x",
-                       **({"head_type": head_type} if head_type else {})},
+                       **({"head_type": head_type} if head_type else {}), "decode": decode or "free"},
+            **({"bandwidth": bandwidth} if bandwidth else {}),
             "bound": {"ratio": bound},
             "batches": [{"batch_size": 1, "teacher": side(10.0), "spellm": side(10.0 * ratio_1), "step_ratio": ratio_1,
                          "output_layer": {"teacher_ms": 2.0, "spellm_ms": 0.5, "spellm_host_ms": 0.08,
@@ -169,6 +173,18 @@ def test_table_builder_turns_records_into_rows():
     assert average_reductions(tidy) == pytest.approx({"CPU": 40.0, "H100": 10.0})
 
 
+def test_compiled_rows_show_their_loop_and_bandwidth_floor_and_average_apart():
+    compiled = {"mode": "free", "backend": "compiled", "compiler": "cudagraphs"}
+    floor = {"copy_gb_s": 3000.0, "teacher_floor_ms": 4.0, "spellm_floor_ms": 3.0}
+    records = [_record("qwen", "random init", "H100", 0.9, 0.45),
+               _record("qwen", "random init", "H100", 0.6, 0.45, decode=compiled, bandwidth=floor)]
+    shown, tidy = table_frames(records)
+    assert list(shown["loop"]) == ["eager", "compiled"]
+    assert shown.iloc[0]["teacher / floor"] == "" and shown.iloc[1]["teacher / floor"] == pytest.approx(2.5)
+    assert tidy.iloc[1]["teacher_floor_ms"] == 4.0 and tidy.iloc[1]["copy_gb_s"] == 3000.0
+    assert average_reductions(tidy) == pytest.approx({"H100": 10.0, "H100, compiled": 40.0})
+
+
 def test_table2_from_kept_records_writes_markdown_csv_and_plot(tmp_path):
     bench_dir = tmp_path / "bench"
     for index, record in enumerate([_record("llama", "pretrained", "CPU", 0.8, 0.79),
@@ -180,7 +196,8 @@ def test_table2_from_kept_records_writes_markdown_csv_and_plot(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "results" / "table2.md").read_text()
-    assert "| LLAMA | pretrained | CPU | float32 | 1 | k=16 chars-64 linear | 10 | 8 | 0.8 | 0.79 | 20 | 3 | 3 |" in markdown
+    assert ("| LLAMA | pretrained | CPU | float32 | eager | 1 | k=16 chars-64 linear | 10 | 8 |  | 0.8 | 0.79 | 20 | 3 | 3 |"
+            in markdown)
     assert "CPU: 50.0%" in markdown  # the random-init average
     assert (tmp_path / "results" / "table2.png").stat().st_size > 1000
     assert len((tmp_path / "results" / "table2.csv").read_text().splitlines()) == 3

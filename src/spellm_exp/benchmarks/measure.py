@@ -73,3 +73,20 @@ def nonembedding_params(model: torch.nn.Module) -> int:
     embeddings, unembedding = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     total = sum(p.numel() for p in model.parameters())  # a tied unembedding is counted once
     return total - embeddings.numel() - (0 if unembedding is embeddings else unembedding.numel())
+
+
+def copy_bandwidth_gb_s(device: torch.device, megabytes: int | None = None, repeats: int = 5) -> float:
+    """Memory bandwidth in GB/s (1e9 bytes) measured by copying one large buffer into another: bytes read plus
+    bytes written per second, the best of `repeats` (what a step that streams its weights can reach at most)."""
+    megabytes = megabytes or (2048 if device.type == "cuda" else 256)
+    numel = megabytes * 2**20 // 4
+    source = torch.ones(numel, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    clock = device_clock(device)
+    target.copy_(source)  # warm-up: first-touch page faults, allocator
+    best = float("inf")
+    for _ in range(repeats):
+        start = clock()
+        target.copy_(source)
+        best = min(best, clock() - start)
+    return 2 * source.numel() * source.element_size() / best / 1e9

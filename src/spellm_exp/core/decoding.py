@@ -14,9 +14,12 @@ independent, so a row's later steps never change another row.
 Backends (`decode.backend`):
 - `eager`: a growing KV cache, the step run as written, the host reading every step (it stops as soon as every
   row has ended);
-- `compiled`: a static KV cache and backbone step + head as one `torch.compile`d function (a CUDA graph on a
-  GPU: mode reduce-overhead); the host reads every `sync_every` steps, so no step waits for the host. Greedy
-  tokens equal the eager backend's.
+- `compiled`: a static KV cache and backbone step + head as one `torch.compile`d function; the host reads every
+  `sync_every` steps, so no step waits for the host. Greedy tokens equal the eager backend's. `compiler`:
+  `cudagraphs` (the traced step replayed as one CUDA graph, PyTorch's own kernels: seconds to build, which is
+  what a bench over seven architectures can afford), `inductor` (generated, fused kernels; on a GPU in
+  mode reduce-overhead, also a CUDA graph; minutes to build for large models), `auto`: cudagraphs on a GPU,
+  inductor on a CPU (where CUDA graphs do not exist).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from spellm_exp.core.vocab_lookup import VocabLookup, drop_prefix, normalise
 
 DECODE_MODES = ("teacher", "free", "vocab")
 BACKENDS = ("eager", "compiled")
+COMPILERS = ("auto", "cudagraphs", "inductor")
 CACHE_BUCKET = 64  # static caches are sized in multiples of this, so similar prompt lengths reuse a compiled step
 
 
@@ -234,17 +238,28 @@ def _cut_at_stop(text: str, stop) -> str:
     return text[: min(cuts)] if cuts else text
 
 
+def resolve_compiler(compiler: str, device: torch.device) -> str:
+    """decode.compiler `auto` -> cudagraphs on a GPU, inductor on a CPU; cudagraphs needs a GPU."""
+    if compiler not in COMPILERS:
+        raise ValueError(f"decode.compiler={compiler} is unknown; use one of {COMPILERS}.")
+    if compiler == "cudagraphs" and device.type != "cuda":
+        raise ValueError("decode.compiler=cudagraphs needs a CUDA GPU; use auto or inductor on a CPU.")
+    return compiler if compiler != "auto" else "cudagraphs" if device.type == "cuda" else "inductor"
+
+
 class Decoder:
     """Greedy decoding with one output head and backend; keeps its compiled steps and static caches between
     calls (one per batch size and cache length), so the bench compiles once per shape."""
 
-    def __init__(self, causal_lm, tokenizer, head, backend: str = "eager", sync_every: int = 16):
+    def __init__(self, causal_lm, tokenizer, head, backend: str = "eager", compiler: str = "auto",
+                 sync_every: int = 16):
         if backend not in BACKENDS:
             raise ValueError(f"decode.backend={backend} is unknown; use one of {BACKENDS}.")
         if sync_every < 1:
             raise ValueError(f"sync_every={sync_every} must be >= 1.")
         self.causal_lm, self.tokenizer, self.head, self.backend, self.sync_every = (
             causal_lm, tokenizer, head, backend, sync_every)
+        self.compiler = resolve_compiler(compiler, next(causal_lm.parameters()).device)
         self._compiled: dict[tuple[int, int], tuple] = {}
 
     @torch.inference_mode()
@@ -299,7 +314,7 @@ class Decoder:
         prefilled = clock()
         positions = positions[:, -1:]
         unread, executed = [step], 0
-        graphs = ids.device.type == "cuda"
+        graphs = ids.device.type == "cuda"  # both compilers replay CUDA graphs there
         while True:
             if len(unread) >= self.sync_every or executed >= limit:
                 _read(rows, unread)
@@ -329,15 +344,17 @@ class Decoder:
                 hidden, _ = run_backbone(self.causal_lm, ids.unsqueeze(1), mask, positions, cache, use_cache=True)
                 return self.head.step(hidden[:, -1], pending)
 
-            device = next(self.causal_lm.parameters()).device
-            mode = "reduce-overhead" if device.type == "cuda" else None
-            self._compiled[key] = (cache, torch.compile(step, mode=mode, dynamic=False))
+            cuda = next(self.causal_lm.parameters()).device.type == "cuda"
+            options = ({"backend": "cudagraphs"} if self.compiler == "cudagraphs" else
+                       {"backend": "inductor", "mode": "reduce-overhead" if cuda else None})
+            self._compiled[key] = (cache, torch.compile(step, dynamic=False, **options))
         return self._compiled[key]
 
 
-def generate(causal_lm, tokenizer, prompts: list[str], head, backend: str = "eager", **kwargs) -> Generation:
-    """One call of `Decoder(causal_lm, tokenizer, head, backend).generate(prompts, **kwargs)`."""
-    return Decoder(causal_lm, tokenizer, head, backend).generate(prompts, **kwargs)
+def generate(causal_lm, tokenizer, prompts: list[str], head, backend: str = "eager", compiler: str = "auto",
+             **kwargs) -> Generation:
+    """One call of `Decoder(causal_lm, tokenizer, head, backend, compiler).generate(prompts, **kwargs)`."""
+    return Decoder(causal_lm, tokenizer, head, backend, compiler).generate(prompts, **kwargs)
 
 
 def decode(model, prompts: list[str], mode: str = "free", **kwargs) -> Generation:

@@ -45,7 +45,7 @@ class SpeLLMHarnessLM(LM):
 
     def __init__(self, checkpoint: str | None = None, model: str | None = None, variant: str = "spellm",
                  batch_size: int | str = 8, score: str = "product", decode_mode: str = "free",
-                 decode_backend: str = "eager",
+                 decode_backend: str = "eager", decode_compiler: str = "auto",
                  max_length: int = 2048, max_gen_toks: int = 256, cache_dir: str | None = None,
                  spellm: SpeLLM | None = None, teacher: Teacher | None = None, **_harness_extras):
         # _harness_extras: what the harness passes to every model (device, max_batch_size, ...): CPU/GPU
@@ -68,7 +68,8 @@ class SpeLLMHarnessLM(LM):
         self.failures = 0  # SpeLLM requests whose continuation no spellable tokens cover
         head = (TeacherHead(self.causal_lm, TokenSpellings.from_tokenizer(self.tokenizer))
                 if variant == "teacher" else SpeLLMHead(spellm, decode_mode) if variant == "spellm" else None)
-        self._decoder = Decoder(self.causal_lm, self.tokenizer, head, decode_backend) if head is not None else None
+        self._decoder = (Decoder(self.causal_lm, self.tokenizer, head, decode_backend, decode_compiler)
+                         if head is not None else None)
 
     # --- loglikelihood ------------------------------------------------------------------------
     def _truncate(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:

@@ -111,7 +111,8 @@ def _merge_into(out_dir: Path, stored: dict, added: dict, added_dir: Path, missi
 def build_lm(cfg: DictConfig) -> SpeLLMHarnessLM:
     """The harness model of conf/eval.yaml: a training run's SpeLLM (or its teacher), or a teacher by name."""
     common = dict(batch_size=cfg.batch_size, score=cfg.score, decode_mode=cfg.decode.mode,
-                  decode_backend=cfg.decode.backend, cache_dir=cfg.paths.cache_dir)
+                  decode_backend=cfg.decode.backend, decode_compiler=cfg.decode.compiler,
+                  cache_dir=cfg.paths.cache_dir)
     if cfg.run_dir:
         return SpeLLMHarnessLM(checkpoint=cfg.run_dir, variant=cfg.variant, **common)
     if cfg.variant != "teacher":

@@ -9,6 +9,7 @@ ever taken between teacher and SpeLLM timed side by side in one run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -43,12 +44,14 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         if "skipped" in record:
             rows.append({**base, "batch": "", "note": f"skipped: {record['skipped']}"})
             continue
-        heads = record_heads(record)
+        heads, loop = record_heads(record), record_loop(record)
+        floor = record.get("bandwidth", {})
         for batch in record["batches"]:
             teacher, spellm, layer = batch["teacher"], batch["spellm"], batch["output_layer"]
-            row = {**base, "batch": batch["batch_size"],
+            row = {**base, "loop": loop, "batch": batch["batch_size"],
                    "SpeLLM": f"k={record['spellm']['k']} {record['spellm']['alphabet']} {heads}",
                    "step ms teacher": teacher["step_ms"], "step ms SpeLLM": spellm["step_ms"],
+                   "teacher / floor": teacher["step_ms"] / floor["teacher_floor_ms"] if floor else "",
                    "measured ratio": batch["step_ratio"], "bound": record["bound"]["ratio"],
                    "reduction %": 100 * (1 - batch["step_ratio"]),
                    "chars/step teacher": teacher["chars_per_step"], "chars/step SpeLLM": spellm["chars_per_step"],
@@ -56,7 +59,10 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                    "string->ids % of step": 100 * layer["host_share_of_spellm_step"],
                    "note": "distilled heads" if record["spellm"]["heads"].startswith("distilled") else "heads at init"}
             rows.append(row)
-            tidy.append({**base, "batch": batch["batch_size"], "k": record["spellm"]["k"], "head_type": heads,
+            tidy.append({**base, "loop": loop, "batch": batch["batch_size"], "k": record["spellm"]["k"],
+                         "head_type": heads, "copy_gb_s": floor.get("copy_gb_s"),
+                         "teacher_floor_ms": floor.get("teacher_floor_ms"),
+                         "spellm_floor_ms": floor.get("spellm_floor_ms"),
                          "head_params": record["spellm"].get("head_params"),
                          "sigma": record["spellm"]["sigma"], "teacher_step_ms": teacher["step_ms"],
                          "spellm_step_ms": spellm["step_ms"], "teacher_prefill_ms": teacher["prefill_ms"],
@@ -81,20 +87,29 @@ def record_heads(record: dict) -> str:
     return heads_label(record.get("spellm", {}).get("head_type", {"kind": "linear"}))
 
 
+def record_loop(record: dict) -> str:
+    """The decode backend of a bench record (records from before backends, and their `decode: free`, ran eager)."""
+    decode = record.get("spellm", {}).get("decode")
+    return decode.get("backend", "eager") if isinstance(decode, dict) else "eager"
+
+
 def _order(record: dict) -> tuple:
-    """Per device: the real teachers first, then by size, the paper's linear heads first; skipped records last."""
+    """Per device: the real teachers first, then by size, the paper's linear heads first, the eager loop before the
+    compiled one; skipped records last."""
     teacher = record.get("teacher", {})
     heads = record_heads(record) if "skipped" not in record else ""
     return (record["provenance"]["device"], "skipped" in record, record["init"] == ORIGIN_RANDOM,
-            teacher.get("n_params", 0), record["model"], heads != "linear", heads)
+            teacher.get("n_params", 0), record["model"], heads != "linear", heads, record_loop(record) != "eager")
 
 
 def average_reductions(tidy: pd.DataFrame) -> dict[str, float]:
-    """Mean decode-step reduction (%) over the random-init architectures at batch 1, per device."""
+    """Mean decode-step reduction (%) over the random-init architectures at batch 1, per device and decode loop
+    (keyed by the device alone for the eager loop)."""
     if tidy.empty:
         return {}
     chosen = tidy[(tidy["init"] == ORIGIN_RANDOM) & (tidy["batch"] == 1) & (tidy["head_type"] == "linear")]
-    return {device: float(100 * (1 - group["ratio"]).mean()) for device, group in chosen.groupby("device")}
+    return {device if loop == "eager" else f"{device}, {loop}": float(100 * (1 - group["ratio"]).mean())
+            for (device, loop), group in chosen.groupby(["device", "loop"])}
 
 
 def plot(tidy: pd.DataFrame, path: Path) -> None:
@@ -131,8 +146,9 @@ def bench_entries(cfg: DictConfig) -> None:
     profile = cfg.profiles[cfg.profile]
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     for name, overrides in cfg.entries.items():
-        overrides = [*overrides, f"device={device.type}", f"model.dtype={dtype}", f"paths.cache_dir={cfg.paths.cache_dir}",
-                     *(f"{key}={value}" for key, value in profile.items())]
+        overrides = [*overrides, *cfg.common, f"device={device.type}", f"model.dtype={dtype}",
+                     f"paths.cache_dir={cfg.paths.cache_dir}", *(f"{key}={value}" for key, value in profile.items()),
+                     *([f"prompts_file={cfg.prompts_file}"] if cfg.prompts_file else [])]
         checkpoint = next((o.split("=", 1)[1] for o in overrides if o.startswith("checkpoint=")), None)
         if checkpoint is not None and not Path(checkpoint).exists():
             log.warning("%s: no checkpoint at %s; timing heads at init", name, checkpoint)
@@ -160,27 +176,39 @@ def write_table2(cfg: DictConfig, command: str) -> list[Path]:
         raise BenchConfigError(f"no bench records under {cfg.bench_dir}; run with run_bench=true first.")
     shown, tidy = table_frames(records)
     Path(cfg.paths.results_dir).mkdir(parents=True, exist_ok=True)
-    plot(tidy, Path(cfg.paths.results_dir) / "table2.png")
+    # a bare GPU machine running the bundle may lack matplotlib: the table still comes, the plot from the records later
+    can_plot = importlib.util.find_spec("matplotlib") is not None
+    if can_plot:
+        plot(tidy, Path(cfg.paths.results_dir) / "table2.png")
+    else:
+        log.warning("matplotlib is not installed: no table2.png (rebuild it from the records with run_bench=false)")
     averages = average_reductions(tidy)
     settings = {json.dumps(r.get("settings", {}), sort_keys=True) for r in records if "settings" in r}
     notes = [
-        "Teacher and SpeLLM decode through the same loop (`decoding.generate`) on the same backbone object, prompts, "
+        "Teacher and SpeLLM decode through the same loop (`decoding.Decoder`) on the same backbone object, prompts, "
         "device, dtype and batch, interleaved after warm-up; greedy, EOS ignored, a fixed number of backbone steps. "
-        "step ms: median time of a decode step that runs the output head (backbone step + head + host work).",
+        "step ms: median time of a decode step (backbone step + output head, which also picks the next input id "
+        "on the device) with the host's reading of it. loop: `eager` (the step as written, read every step) or "
+        "`compiled` (static KV cache, backbone step + head as one compiled function replayed as a CUDA graph on a "
+        "GPU, read every 16 steps; its step ms is the mean over the run).",
+        "teacher / floor: the teacher's step over its bandwidth floor, the bytes of weights a step reads "
+        "(P_nonembedding + |V| d) at the copy bandwidth measured in the same run (records that measured it).",
         "measured ratio = SpeLLM step / teacher step, both from the same run; bound = (P_nonembedding + P_heads) "
         "/ (P_nonembedding + |V| d), the weight-bytes bound of method.md (P_heads = k |Sigma| d for the paper's "
         "linear heads, the head module's parameters for the other head types); reduction % = 100 (1 - measured ratio).",
         "Head types (`heads=`): `linear` is the paper's; `mlp`, `mixture-M` and `autoregressive` are this project's "
         "(method.md). Their rows time the same loop with that output layer (the autoregressive heads take k small "
         "sequential steps inside the decode step).",
-        "string->ids % of step: host time turning the heads' symbols into a string and input ids, over the SpeLLM step.",
+        "string->ids % of step: host time reading one SpeLLM step (strings and their ids) over the SpeLLM step; the "
+        "next input id itself is found on the device (records before that: the host's string -> ids inside the step).",
         "chars/step and chars/s: output characters per decode step and row, and per second over the batch. They depend "
         "on what the heads emit: a string that is not one vocabulary token is fed back as several ids, one per step, "
         "and quickly distilled or random heads emit shorter strings than the teacher's tokens.",
         "SmolLM2 and Gemma-3-270M are the real teachers (dequantised GGUF weights), each with its distilled quick "
         "SpeLLM where one exists (the note says which). The other rows are real-size architectures with random "
         "weights and heads at init: they measure speed, not quality.",
-        "Average reduction over the random-init architectures at batch 1 (linear heads), per device: "
+        "Average reduction over the random-init architectures at batch 1 (linear heads), per device (and loop, "
+        "where not eager): "
         + ", ".join(f"{device}: {value:.1f}%" for device, value in averages.items()) + " (paper: 5.1%).",
         f"Bench settings: {sorted(settings)}; records written at git SHAs "
         f"{sorted({r['provenance']['git_sha'][:12] for r in records})}.",
@@ -190,7 +218,8 @@ def write_table2(cfg: DictConfig, command: str) -> list[Path]:
     sections = [("Decode step", shown)]
     tradeoff = tradeoff_frame(quality_gaps(Path(cfg.paths.results_dir)), tidy, started["device"])
     if not tradeoff.empty:
-        plot_tradeoff(tradeoff, Path(cfg.paths.results_dir) / "tradeoff.png", started["device"])
+        if can_plot:
+            plot_tradeoff(tradeoff, Path(cfg.paths.results_dir) / "tradeoff.png", started["device"])
         sections.append(("Quality vs speed per head type", tradeoff))
         notes.append(f"Quality vs speed: each SpeLLM's average paired accuracy difference to its teacher (from "
                      f"results/table1.csv and results/quality_ablation.csv, as those were written) next to its "

