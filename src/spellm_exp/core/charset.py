@@ -344,40 +344,38 @@ class SpellingTable:
         With a byte escape (or bytes) every single-byte token spells, so this fails only for a tokenizer
         without byte tokens, or where k is too small to spell one escaped byte (k = 1).
         """
-        out, start = [], 0
-        while start < len(text):
-            for length in range(min(self._longest_piece, len(text) - start), 0, -1):
-                token_id = self._piece_to_id.get(text[start:start + length])
-                if token_id is not None:
-                    out.append(token_id)
-                    start += length
-                    break
-            else:
-                fix = "" if self.alphabet.escape or self.alphabet.kind == CharsetKind.bytes else (
-                    "; charset.escape=true spells any byte")
-                char = text[start:start + 4].decode("utf-8", errors="replace")[0]
-                raise SegmentationError(
-                    f"no spellable token starts with {char!r}: it is not in the alphabet "
-                    f"({self.alphabet.kind.value}, {len(self.alphabet.units)} units, k={self.k}){fix}")
-        return out
+        ids, stuck = _longest_prefixes(text, self._piece_to_id, self._longest_piece)
+        if stuck is not None:
+            fix = "" if self.alphabet.escape or self.alphabet.kind == CharsetKind.bytes else (
+                "; charset.escape=true spells any byte")
+            char = text[stuck:stuck + 4].decode("utf-8", errors="replace")[0]
+            raise SegmentationError(
+                f"no spellable token starts with {char!r}: it is not in the alphabet "
+                f"({self.alphabet.kind.value}, {len(self.alphabet.units)} units, k={self.k}){fix}")
+        return ids
 
     def cover_units(self, units: tuple[Unit, ...]) -> tuple[list[int], bool]:
         """Token ids for a decoded string: its longest prefix that spells a token, repeatedly (the decode step's
         rule, vocab_lookup.VocabLookup.cover). Returns (ids, False) where no token starts the rest."""
-        ids, start = [], 0
-        while start < len(units):
-            for length in range(min(self.k, len(units) - start), 0, -1):
-                token_id = self.string_to_id.get(units[start:start + length])
-                if token_id is not None:
-                    ids.append(token_id)
-                    start += length
-                    break
-            else:
-                return ids, False
-        return ids, True
+        ids, stuck = _longest_prefixes(units, self.string_to_id, self.k)
+        return ids, stuck is None
 
     def coverage(self, token_counts: torch.Tensor | None = None) -> dict[str, float]:
         return coverage_at(self.lengths, self.k, token_counts)
+
+
+def _longest_prefixes(sequence, ids_of: dict, longest: int) -> tuple[list[int], int | None]:
+    """Ids of the longest prefix of `sequence` that `ids_of` knows, repeatedly; and where no known prefix starts
+    the rest (None: all covered)."""
+    ids, start = [], 0
+    while start < len(sequence):
+        length = next((n for n in range(min(longest, len(sequence) - start), 0, -1)
+                       if sequence[start:start + n] in ids_of), 0)
+        if not length:
+            return ids, start
+        ids.append(ids_of[sequence[start:start + length]])
+        start += length
+    return ids, None
 
 
 def token_counts(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], batch_size: int = 256) -> torch.Tensor:

@@ -31,8 +31,10 @@ def tradeoff_frame(gaps: pd.DataFrame, bench: pd.DataFrame, device: str) -> pd.D
     """One row per SpeLLM of `gaps` that Table 2 timed on `device`: its gap and its step ratio at each batch size."""
     if gaps.empty or bench.empty:
         return pd.DataFrame()
-    timed = bench[bench["device"] == device].pivot_table(index=["model", "head_type"], columns="batch",
-                                                         values="ratio", aggfunc="first")
+    timed = bench[bench["device"] == device]
+    if "loop" in timed:  # the loop every head type was timed in
+        timed = timed[timed["loop"] == "eager"]
+    timed = timed.pivot_table(index=["model", "head_type"], columns="batch", values="ratio", aggfunc="first")
     timed.columns = [f"step ratio b={batch}" for batch in timed.columns]
     return gaps.join(timed, on=["model", "head_type"], how="inner").reset_index(drop=True)
 
