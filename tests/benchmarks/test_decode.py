@@ -235,3 +235,37 @@ def test_results_index_links_every_table_and_plot(tmp_path):
     assert ("| [Table 1: quality](table1.md) | [table1.csv](table1.csv) | `python -m spellm_exp.table1` | "
             "`0123456789ab` | today |") in text
     assert "- [table2.png](table2.png)" in text and "- [bench/](bench/): 1 JSON records" in text
+
+
+def test_a_failing_entry_is_retried_then_recorded_as_skipped_when_asked_to_keep_going(cache_dir, tmp_path,
+                                                                                       monkeypatch):
+    import spellm_exp.reporting.table2 as table2
+    from omegaconf import open_dict
+
+    from spellm_exp.reporting.table2 import bench_entries, load_records
+
+    real_run_bench = table2.run_bench
+
+    def flaky(cfg):
+        if cfg.decode.backend == "compiled" or cfg.model.name == "tiny_qwen":
+            raise RuntimeError("CUDA graph capture failed")
+        return real_run_bench(cfg)
+
+    monkeypatch.setattr(table2, "run_bench", flaky)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="table2", overrides=[f"paths.cache_dir={cache_dir}", f"bench_dir={tmp_path}/bench",
+                                                       "keep_going=true", 'retry_with=["decode.backend=eager"]'])
+        with open_dict(cfg):
+            cfg.entries = {"llama": ["model=tiny_llama"], "qwen": ["model=tiny_qwen"]}
+            cfg.common = ["decode.backend=compiled", "batch_sizes=[1]", "layer_repeats=2", "threads=1"]
+            cfg.profiles.quick.update(prompt_tokens=16, decode_steps=2, warmup=0, repeats=1)
+        bench_entries(cfg)
+        with pytest.raises(RuntimeError, match="CUDA graph capture failed"):  # without keep_going: fail loudly
+            cfg.keep_going = False
+            bench_entries(cfg)
+    records = {r["model"]: r for r in load_records(tmp_path / "bench")}
+    assert records["tiny_llama"]["spellm"]["decode"]["backend"] == "eager"
+    assert "after RuntimeError: CUDA graph capture failed" in records["tiny_llama"]["retried"]
+    assert records["tiny_qwen"]["skipped"] == "failed: RuntimeError: CUDA graph capture failed"
+    shown, _ = table_frames(list(records.values()))
+    assert "retried with ['decode.backend=eager']" in shown.iloc[0]["note"]

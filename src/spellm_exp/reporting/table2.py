@@ -57,7 +57,8 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                    "chars/step teacher": teacher["chars_per_step"], "chars/step SpeLLM": spellm["chars_per_step"],
                    "chars/s teacher": teacher["chars_per_s"], "chars/s SpeLLM": spellm["chars_per_s"],
                    "string->ids % of step": 100 * layer["host_share_of_spellm_step"],
-                   "note": "distilled heads" if record["spellm"]["heads"].startswith("distilled") else "heads at init"}
+                   "note": ("distilled heads" if record["spellm"]["heads"].startswith("distilled") else "heads at init")
+                   + (f"; retried {record['retried']}" if "retried" in record else "")}
             rows.append(row)
             tidy.append({**base, "loop": loop, "batch": batch["batch_size"], "k": record["spellm"]["k"],
                          "head_type": heads, "copy_gb_s": floor.get("copy_gb_s"),
@@ -153,11 +154,47 @@ def bench_entries(cfg: DictConfig) -> None:
         if checkpoint is not None and not Path(checkpoint).exists():
             log.warning("%s: no checkpoint at %s; timing heads at init", name, checkpoint)
             overrides = [o for o in overrides if not o.startswith("checkpoint=")]
-        record = run_bench(compose_config("bench", overrides))
+        record = _bench_entry(cfg, name, overrides, device)
         path = Path(cfg.bench_dir) / device_slug(record) / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2, default=str))
         log.info("wrote %s", path)
+
+
+def _bench_entry(cfg: DictConfig, name: str, overrides: list[str], device) -> dict:
+    """One entry's record. With `keep_going` (the GPU table: one run on a lent machine must not lose six
+    architectures' figures to the seventh), a failure is retried with `retry_with` and else recorded as skipped."""
+    try:
+        return run_bench(compose_config("bench", overrides))
+    except BenchConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of one architecture, when asked to keep going
+        if not cfg.keep_going:
+            raise
+        log.exception("%s failed", name)
+        _release(device)
+        failure = f"{type(err).__name__}: {err}"[:400]
+        if cfg.retry_with:
+            try:
+                return {**run_bench(compose_config("bench", [*overrides, *cfg.retry_with])),
+                        "retried": f"with {list(cfg.retry_with)} after {failure}"}
+            except Exception as again:  # noqa: BLE001
+                log.exception("%s failed again with %s", name, list(cfg.retry_with))
+                _release(device)
+                failure = f"{type(again).__name__}: {again}"[:400]
+        bench = compose_config("bench", overrides)
+        return {"provenance": provenance(OmegaConf.to_container(bench, resolve=True), device), "model": bench.model.name,
+                "init": ORIGIN_RANDOM if bench.model.init == "random" else "pretrained", "dtype": bench.model.dtype,
+                "skipped": f"failed: {failure}"}
+
+
+def _release(device) -> None:
+    """Free what a failed run held (compiled graphs, cached device memory) before the next one."""
+    import torch
+
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def load_records(bench_dir: Path) -> list[dict]:
