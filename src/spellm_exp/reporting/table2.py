@@ -155,6 +155,7 @@ def bench_entries(cfg: DictConfig) -> None:
             log.warning("%s: no checkpoint at %s; timing heads at init", name, checkpoint)
             overrides = [o for o in overrides if not o.startswith("checkpoint=")]
         record = _bench_entry(cfg, name, overrides, device)
+        _release(device)  # compiled steps hold their model: free it before the next architecture loads
         path = Path(cfg.bench_dir) / device_slug(record) / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2, default=str))
@@ -189,10 +190,13 @@ def _bench_entry(cfg: DictConfig, name: str, overrides: list[str], device) -> di
 
 
 def _release(device) -> None:
-    """Free what a failed run held (compiled graphs, cached device memory) before the next one."""
+    """Free what a finished or failed run held (compiled graphs, cached device memory) before the next one."""
+    import gc
+
     import torch
 
     torch._dynamo.reset()
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
