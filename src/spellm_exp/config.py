@@ -339,6 +339,7 @@ class Table2Job(_Command):
     entries: dict[str, list[str]] = field(default_factory=dict)
     common: list[str] = field(default_factory=list)  # bench overrides for every entry
     prompts_file: str | None = None  # bench prompts from this JSON list of passages (the GPU bundle's)
+    only: list[str] = field(default_factory=list)  # bench these entries alone (the others keep their records)
     keep_going: bool = False  # a failing entry: retry with `retry_with`, else record it as skipped, and go on
     retry_with: list[str] = field(default_factory=list)
 

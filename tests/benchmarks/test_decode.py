@@ -260,6 +260,10 @@ def test_a_failing_entry_is_retried_then_recorded_as_skipped_when_asked_to_keep_
             cfg.common = ["decode.backend=compiled", "batch_sizes=[1]", "layer_repeats=2", "threads=1"]
             cfg.profiles.quick.update(prompt_tokens=16, decode_steps=2, warmup=0, repeats=1)
         bench_entries(cfg)
+        cfg.only = ["llama", "gpt"]
+        with pytest.raises(BenchConfigError, match=r"only=\['gpt'\]: no such entries; use some of \['llama', 'qwen'\]"):
+            bench_entries(cfg)
+        cfg.only = ["qwen"]
         with pytest.raises(RuntimeError, match="CUDA graph capture failed"):  # without keep_going: fail loudly
             cfg.keep_going = False
             bench_entries(cfg)

@@ -146,7 +146,12 @@ def bench_entries(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
     profile = cfg.profiles[cfg.profile]
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    unknown = sorted(set(cfg.only) - set(cfg.entries))
+    if unknown:
+        raise BenchConfigError(f"only={unknown}: no such entries; use some of {list(cfg.entries)}.")
     for name, overrides in cfg.entries.items():
+        if cfg.only and name not in cfg.only:  # re-time some entries; the others keep their records
+            continue
         overrides = [*overrides, *cfg.common, f"device={device.type}", f"model.dtype={dtype}",
                      f"paths.cache_dir={cfg.paths.cache_dir}", *(f"{key}={value}" for key, value in profile.items()),
                      *([f"prompts_file={cfg.prompts_file}"] if cfg.prompts_file else [])]
