@@ -256,15 +256,21 @@ def skip_reason(cfg: DictConfig, device: torch.device) -> str | None:
     return None
 
 
+def base_record(cfg: DictConfig, device: torch.device) -> dict:
+    """What every bench record says before timing anything (a skipped one says no more)."""
+    return {"provenance": provenance(OmegaConf.to_container(cfg, resolve=True), device),
+            "model": cfg.model.name,
+            "description": MODELS[cfg.model.name].description if cfg.model.name in MODELS else cfg.model.path,
+            "init": ORIGIN_RANDOM if Init(cfg.model.init) is Init.random else "pretrained", "dtype": cfg.model.dtype,
+            "device": device.type, "threads": torch.get_num_threads()}
+
+
 def run_bench(cfg: DictConfig) -> dict:
     """Benchmark as `cfg` says; returns the record written to bench.json."""
     device = check_bench_config(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    record = {"provenance": provenance(OmegaConf.to_container(cfg, resolve=True), device),
-              "model": cfg.model.name, "description": MODELS[cfg.model.name].description if cfg.model.name in MODELS
-              else cfg.model.path, "init": ORIGIN_RANDOM if Init(cfg.model.init) is Init.random else "pretrained", "dtype": cfg.model.dtype,
-              "device": device.type, "threads": torch.get_num_threads()}
+    record = base_record(cfg, device)
     reason = skip_reason(cfg, device)
     if reason is not None:
         log.warning("skipping %s: %s", cfg.model.name, reason)

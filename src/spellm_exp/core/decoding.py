@@ -259,7 +259,8 @@ class Decoder:
             raise ValueError(f"sync_every={sync_every} must be >= 1.")
         self.causal_lm, self.tokenizer, self.head, self.backend, self.sync_every = (
             causal_lm, tokenizer, head, backend, sync_every)
-        self.compiler = resolve_compiler(compiler, next(causal_lm.parameters()).device)
+        self.device = next(causal_lm.parameters()).device
+        self.compiler = resolve_compiler(compiler, self.device)
         self._compiled: dict[tuple[int, int], tuple] = {}
 
     @torch.inference_mode()
@@ -268,7 +269,7 @@ class Decoder:
                  clock: Callable[[], float] = time.perf_counter) -> Generation:
         """Greedy decoding of `prompts`; `max_new_tokens` bounds the strings per row and `max_steps` the
         backbone steps after the prefill (the bench's fixed amount of work)."""
-        device = next(self.causal_lm.parameters()).device
+        device = self.device
         enc = self.tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -314,7 +315,7 @@ class Decoder:
         prefilled = clock()
         positions = positions[:, -1:]
         unread, executed = [step], 0
-        graphs = ids.device.type == "cuda"  # both compilers replay CUDA graphs there
+        graphs = self.device.type == "cuda"  # both compilers replay CUDA graphs there
         while True:
             if len(unread) >= self.sync_every or executed >= limit:
                 _read(rows, unread)
@@ -344,9 +345,8 @@ class Decoder:
                 hidden, _ = run_backbone(self.causal_lm, ids.unsqueeze(1), mask, positions, cache, use_cache=True)
                 return self.head.step(hidden[:, -1], pending)
 
-            cuda = next(self.causal_lm.parameters()).device.type == "cuda"
             options = ({"backend": "cudagraphs"} if self.compiler == "cudagraphs" else
-                       {"backend": "inductor", "mode": "reduce-overhead" if cuda else None})
+                       {"backend": "inductor", "mode": "reduce-overhead" if self.device.type == "cuda" else None})
             self._compiled[key] = (cache, torch.compile(step, dynamic=False, **options))
         return self._compiled[key]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from spellm_exp.benchmarks.decode import run_bench
+from spellm_exp.benchmarks.decode import base_record, run_bench
 from spellm_exp.benchmarks.measure import BenchConfigError, resolve_device
 from spellm_exp.config import compose_config
 from spellm_exp.core.heads import heads_label
@@ -188,10 +188,7 @@ def _bench_entry(cfg: DictConfig, name: str, overrides: list[str], device) -> di
                 log.exception("%s failed again with %s", name, list(cfg.retry_with))
                 _release(device)
                 failure = f"{type(again).__name__}: {again}"[:400]
-        bench = compose_config("bench", overrides)
-        return {"provenance": provenance(OmegaConf.to_container(bench, resolve=True), device), "model": bench.model.name,
-                "init": ORIGIN_RANDOM if bench.model.init == "random" else "pretrained", "dtype": bench.model.dtype,
-                "skipped": f"failed: {failure}"}
+        return {**base_record(compose_config("bench", overrides), device), "skipped": f"failed: {failure}"}
 
 
 def _release(device) -> None:
