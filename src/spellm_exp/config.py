@@ -117,6 +117,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     cache_features: bool = False  # heads only: keep the frozen backbone's outputs on disk for later runs
+    cache_targets: bool = False  # with cache_features: keep the teacher's targets too (long runs over few blocks)
 
 
 class LossObjective(str, Enum):

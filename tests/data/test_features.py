@@ -3,8 +3,10 @@
 import pytest
 import torch
 
+from spellm_exp.core.charset import PAD
+from spellm_exp.core.losses import Targets, head_marginals
 from spellm_exp.core.spellm import SpeLLM
-from spellm_exp.data.features import FeatureStore
+from spellm_exp.data.features import FeatureStore, TargetStore
 from spellm_exp.training.distill import ConfigError, distil
 
 from ..conftest import compose_train as _compose
@@ -82,3 +84,77 @@ def test_every_process_opens_the_store_once_after_the_one_that_creates_it(tmp_pa
         store.open_in_turn(global_rank, local_rank, lambda barriers=barriers: barriers.append(1))
         assert len(barriers) == 3  # every process passes the same barriers
     assert opened_in_turn == {0: 0, 2: 1, 1: 2, 3: 2}
+
+
+def _targets_of(hidden: torch.Tensor, top_k: int, tail_samples: int) -> Targets:
+    """Targets of a 3-symbol, k=2 alphabet over a 5-token vocabulary, with the hidden rows as teacher logits."""
+    table = torch.tensor([[1, 2], [2, PAD], [1, PAD], [2, 1], [0, 0]])
+    spellable = torch.tensor([True, True, True, True, False])
+    return head_marginals(hidden, table, spellable, 3, top_k=top_k, tail_samples=tail_samples)
+
+
+@pytest.mark.parametrize("top_k, tail_samples", [(0, 0), (2, 0), (2, 3)])
+def test_target_store_gives_back_exactly_what_it_computed_once_per_block(tmp_path, top_k, tail_samples):
+    torch.manual_seed(0)
+    hidden, calls = torch.randn(4, 3, 5), []  # 4 blocks of 3 positions; "hidden" = the teacher's logits here
+
+    def compute(rows):
+        calls.append(rows.shape[0])
+        return _targets_of(rows, top_k, tail_samples)
+
+    store = TargetStore(tmp_path, 4, 3, k=2, n_symbols=3, top_k=top_k, tail_samples=tail_samples, key={"a": 1})
+    first = store.get(torch.tensor([3, 1]), hidden[[3, 1]], compute)
+    again = store.get(torch.tensor([1, 3, 0]), hidden[[1, 3, 0]], compute)
+    assert calls == [6, 3]  # blocks 3 and 1, then only block 0
+    expected = _targets_of(hidden[[1, 3]].flatten(0, 1), top_k, tail_samples)
+    reordered = [3, 4, 5, 0, 1, 2]  # `first` holds blocks 3, 1
+    for name in Targets.FIELDS:
+        want, got = getattr(expected, name), getattr(again.rows(slice(0, 6)), name)
+        assert (want is None) == (got is None), name
+        if want is None:
+            continue
+        assert got.dtype == want.dtype, name
+        assert torch.equal(got, getattr(first, name)[reordered]), name  # what was stored, bit for bit
+        if name != "tail_ids":  # (random draws)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    reopened = TargetStore(tmp_path, 4, 3, k=2, n_symbols=3, top_k=top_k, tail_samples=tail_samples, key={"a": 1})
+    assert reopened.n_filled == 3
+    changed = TargetStore(tmp_path, 4, 3, k=2, n_symbols=3, top_k=top_k, tail_samples=tail_samples, key={"a": 2})
+    assert changed.n_filled == 0
+
+
+def test_cached_targets_train_as_computed_ones_and_skip_the_teacher_head(cache_dir, tmp_path, monkeypatch):
+    cached = ("train.cache_features=true", "train.cache_targets=true")
+    plain = distil(_cfg(cache_dir, tmp_path / "features"), tmp_path / "plain")
+    first = distil(_cfg(cache_dir, tmp_path / "features", *cached, "trainer.max_steps=8"), tmp_path / "first")
+
+    import spellm_exp.training.module as module
+
+    computed = []
+    original = module.chunked_head_marginals
+    monkeypatch.setattr(module, "chunked_head_marginals", lambda *a, **kw: computed.append(1) or original(*a, **kw))
+    second = distil(_cfg(cache_dir, tmp_path / "features", *cached), tmp_path / "second")
+    assert computed == [] and second["steps"] == 4  # the first run filled every block the second visits
+
+    assert second["val"]["val/kl"] == pytest.approx(plain["val"]["val/kl"], abs=1e-6)
+    heads = {name: SpeLLM.load(tmp_path / name / "spellm", cache_dir=cache_dir).heads for name in ("plain", "second")}
+    torch.testing.assert_close(heads["second"].weight, heads["plain"].weight, rtol=0, atol=1e-6)
+    assert first["steps"] == 8
+
+
+def test_target_cache_needs_the_feature_cache(cache_dir, tmp_path):
+    with pytest.raises(ConfigError, match="add train.cache_features=true"):
+        distil(_cfg(cache_dir, tmp_path, "train.cache_targets=true"), tmp_path)
+
+
+def test_a_mixture_reads_the_teachers_top_tokens_and_tail_draws_from_the_target_cache(cache_dir, tmp_path, monkeypatch):
+    cached = ("train.cache_features=true", "train.cache_targets=true", "heads=mixture", "heads.components=2")
+    first = distil(_cfg(cache_dir, tmp_path / "features", *cached), tmp_path / "first")
+    import spellm_exp.training.module as module
+
+    monkeypatch.setattr(module, "chunked_head_marginals", lambda *a, **kw: pytest.fail("targets recomputed"))
+    second = distil(_cfg(cache_dir, tmp_path / "features", *cached), tmp_path / "second")
+    # the same draws and top tokens: the second run is the first one again
+    assert second["val"]["val/token_kl"] == pytest.approx(first["val"]["val/token_kl"], rel=1e-5)
+    stores = list((tmp_path / "features").glob("*/targets/*/meta.json"))
+    assert len(stores) == 1 and "top_ids" in stores[0].read_text()

@@ -68,7 +68,7 @@ class TeacherMixture(StringDistribution):
         best = self.log_prob(candidates).argmax(-1)
         return candidates[torch.arange(candidates.shape[0], device=best.device), best]
 
-    def marginal_log_probs(self) -> torch.Tensor:
+    def _marginal_log_probs(self) -> torch.Tensor:
         return self.log_marginals
 
     def vocab_log_probs(self, table: torch.Tensor, spellable: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

@@ -69,7 +69,16 @@ class StringDistribution:
 
     def marginal_log_probs(self) -> torch.Tensor:
         """Per-position log-probabilities [n, k, S]: the exact marginals (the autoregressive type: the
-        conditionals along its greedy string), for metrics and the `product` of factorised heads."""
+        conditionals along its greedy string), for metrics and the `product` of factorised heads.
+
+        Outside autograd the value is kept: a training step's loss diagnostics and metrics both read it."""
+        if torch.is_grad_enabled():
+            return self._marginal_log_probs()
+        if getattr(self, "_kept_marginals", None) is None:
+            self._kept_marginals = self._marginal_log_probs()
+        return self._kept_marginals
+
+    def _marginal_log_probs(self) -> torch.Tensor:
         raise NotImplementedError
 
     def vocab_log_probs(self, table: torch.Tensor, spellable: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -148,7 +157,7 @@ class Mixture(StringDistribution):
         best = self.log_prob(candidates).argmax(-1)
         return candidates[torch.arange(candidates.shape[0], device=best.device), best]
 
-    def marginal_log_probs(self) -> torch.Tensor:
+    def _marginal_log_probs(self) -> torch.Tensor:
         return torch.logsumexp(self.log_weights[:, :, None, None] + self.log_probs, dim=1)
 
     def vocab_log_probs(self, table: torch.Tensor, spellable: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -205,7 +214,7 @@ class Autoregressive(StringDistribution):
     def greedy(self, forbid_pad_first: bool = True) -> torch.Tensor:
         return self._steps(forbid_pad_first)[0]
 
-    def marginal_log_probs(self) -> torch.Tensor:
+    def _marginal_log_probs(self) -> torch.Tensor:
         return self._steps(False)[1]
 
 

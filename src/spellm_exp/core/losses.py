@@ -167,6 +167,14 @@ def resolve_objective(objective: LossObjective | str, kind: HeadKind | str) -> s
     return objective.value
 
 
+def token_samples(loss, kind: HeadKind | str) -> tuple[int, int]:
+    """(top_k, tail_samples) of the targets `loss` (a LossConfig) needs for a head type: the teacher's top tokens
+    and tail draws serve only the token objective of heads that do not factorise; (0, 0) otherwise."""
+    if resolve_objective(loss.objective, kind) == "token" and HeadKind(kind) not in FACTORISED_KINDS:
+        return loss.top_k, loss.tail_samples
+    return 0, 0
+
+
 @in_fp32
 def token_kl(student: StringDistribution, targets: Targets, table: torch.Tensor) -> torch.Tensor:
     """KL(q || p) over the teacher's vocabulary strings, per position: [N] (see the module docstring)."""

@@ -36,10 +36,10 @@ from spellm_exp.core.charset import (
     check_charset,
 )
 from spellm_exp.core.heads import FACTORISED_KINDS, SIZE_FIELD, settings_dict
-from spellm_exp.core.losses import resolve_objective
+from spellm_exp.core.losses import resolve_objective, token_samples
 from spellm_exp.core.spellm import SpeLLM, model_config_dict
 from spellm_exp.data.datamodule import DistillDataModule, check_data_config
-from spellm_exp.data.features import FeatureStore, feature_key
+from spellm_exp.data.features import FeatureStore, TargetStore, feature_key
 from spellm_exp.provenance import provenance
 from spellm_exp.teachers import TeacherConfigError, check_model_config, load_teacher
 from spellm_exp.training.callbacks import ReplicaCheck, SpeLLMExport
@@ -77,6 +77,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if train.cache_features and train.trainable is not Trainable.heads:
         raise ConfigError(f"train.cache_features=true needs a frozen backbone (train.trainable=heads, not "
                           f"{train.trainable.value}); drop one of the two overrides.")
+    if train.cache_targets and not train.cache_features:
+        raise ConfigError("train.cache_targets=true computes the targets from the cached backbone outputs: add "
+                          "train.cache_features=true.")
 
 
 def check_heads_config(heads: HeadsConfig, loss: LossConfig, objective: str) -> None:
@@ -151,8 +154,10 @@ def distil(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("alphabet: %s, |Sigma|=%d, k=%d; coverage %s", alphabet.kind.value, alphabet.size, cfg.k, coverage)
 
     train_cfg: TrainConfig = typed(TrainConfig, cfg.train)
+    loss_cfg: LossConfig = typed(LossConfig, cfg.loss)
     features = feature_store(cfg, teacher, datamodule) if train_cfg.cache_features else None
-    module = DistillModule(spellm, train_cfg, typed(LossConfig, cfg.loss), features)
+    targets = target_store(features, spellm, loss_cfg, datamodule) if train_cfg.cache_targets else None
+    module = DistillModule(spellm, train_cfg, loss_cfg, features, targets)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -190,3 +195,13 @@ def feature_store(cfg: DictConfig, teacher, datamodule: DistillDataModule) -> Fe
            "blocks": datamodule.blocks_key(), "val_blocks": datamodule.cfg.val_blocks}
     folder = Path(cfg.paths.features_dir).expanduser() / feature_key(key)
     return FeatureStore(folder, datamodule.n_blocks, datamodule.cfg.block_size, teacher.info.hidden_size, key)
+
+
+def target_store(features: FeatureStore, spellm: SpeLLM, loss: LossConfig, datamodule: DistillDataModule
+                 ) -> TargetStore:
+    """The teacher's targets on the cached features, for this spelling table and these loss settings."""
+    top_k, tail_samples = token_samples(loss, spellm.heads.kind)
+    key = {"features": features.meta["key"], "spelling": spellm.spelling.fingerprint(),
+           "temperature": loss.temperature, "top_k": top_k, "tail_samples": tail_samples}
+    return TargetStore(features.folder / "targets" / feature_key(key), datamodule.n_blocks,
+                       datamodule.cfg.block_size, spellm.k, spellm.alphabet.size, top_k, tail_samples, key)

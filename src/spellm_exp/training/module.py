@@ -3,7 +3,8 @@
 `train.trainable`:
 - `heads` (default): the backbone is frozen; one backbone pass (no grad) gives both the
   teacher's logits and the heads' inputs, and no backward pass touches the backbone; with a
-  `FeatureStore` (`train.cache_features`) that pass is read from disk after its first run;
+  `FeatureStore` (`train.cache_features`) that pass is read from disk after its first run, and with a
+  `TargetStore` (`train.cache_targets`) so are the teacher's targets;
 - `lora`: LoRA adapters on the backbone train with the heads; the teacher is the same model
   with the adapters switched off;
 - `full`: the whole backbone trains; a frozen copy of it is the teacher.
@@ -21,31 +22,32 @@ from lightning.pytorch import LightningModule
 from spellm_exp.config import LossConfig, Trainable, TrainConfig
 from spellm_exp.core.backbone import run_backbone, teacher_head
 from spellm_exp.core.charset import PAD
-from spellm_exp.core.heads import FACTORISED_KINDS
 from spellm_exp.core.losses import (
     Targets,
     chunked_head_marginals,
     distillation_loss,
     resolve_objective,
     spelling_matrix,
+    token_samples,
 )
 from spellm_exp.core.spellm import SpeLLM
-from spellm_exp.data.features import FeatureStore
+from spellm_exp.data.features import FeatureStore, TargetStore
 from spellm_exp.training.distributed import check_same_on_every_rank
 
 
 class DistillModule(LightningModule):
-    def __init__(self, spellm: SpeLLM, train: TrainConfig, loss: LossConfig, features: FeatureStore | None = None):
+    def __init__(self, spellm: SpeLLM, train: TrainConfig, loss: LossConfig, features: FeatureStore | None = None,
+                 targets: TargetStore | None = None):
         super().__init__()
         self.spellm, self.train_cfg, self.loss_cfg = spellm, train, loss
         self.mode = Trainable(train.trainable)
         self.objective = resolve_objective(loss.objective, spellm.heads.kind)
-        # the teacher's top tokens and tail draws: only the token objective of heads that do not factorise
-        sampled = self.objective == "token" and spellm.heads.kind not in FACTORISED_KINDS
-        self._top_k, self._tail_samples = (loss.top_k, loss.tail_samples) if sampled else (0, 0)
+        self._top_k, self._tail_samples = token_samples(loss, spellm.heads.kind)
         if features is not None and self.mode is not Trainable.heads:
             raise ValueError("A feature cache needs a frozen backbone: train.trainable=heads.")
-        self.features = features
+        if targets is not None and features is None:
+            raise ValueError("A target cache reads the teacher's hidden states from a feature cache.")
+        self.features, self.targets = features, targets
         self.strict_loading = False  # checkpoints hold only what trains
         self.peft_model = None
         self.teacher_lm = None
@@ -83,8 +85,9 @@ class DistillModule(LightningModule):
         if trainer.world_size > 1:
             check_same_on_every_rank("alphabets and spelling tables", self.spellm.spelling.fingerprint(),
                                      trainer.strategy.all_gather, trainer.strategy.root_device)
-        if self.features is not None:
-            self.features.open_in_turn(trainer.global_rank, trainer.local_rank, trainer.strategy.barrier)
+        for store in (self.features, self.targets):
+            if store is not None:
+                store.open_in_turn(trainer.global_rank, trainer.local_rank, trainer.strategy.barrier)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -120,12 +123,18 @@ class DistillModule(LightningModule):
         """(loss parts, student distribution over N positions, targets, next-token ids [N]) for a batch of ids
         (blocks `index` of the data, for the feature cache)."""
         hidden, teacher_hidden, teacher_lm = self._hidden_states(ids, index)
-        with torch.no_grad():
-            targets = chunked_head_marginals(
-                teacher_hidden.flatten(0, 1), lambda h: teacher_head(teacher_lm, h), self.table, self.spellable,
-                self.spellm.alphabet.size, self.loss_cfg.temperature,
-                self.loss_cfg.chunk_positions(self.table.shape[0]), self.spelling_matrix,
+
+        def compute_targets(rows: torch.Tensor) -> Targets:  # teacher hidden states [N, d]
+            return chunked_head_marginals(
+                rows, lambda h: teacher_head(teacher_lm, h), self.table, self.spellable, self.spellm.alphabet.size,
+                self.loss_cfg.temperature, self.loss_cfg.chunk_positions(self.table.shape[0]), self.spelling_matrix,
                 self._top_k, self._tail_samples)
+
+        with torch.no_grad():
+            if self.targets is not None and index is not None:
+                targets = self.targets.get(index, teacher_hidden, compute_targets)
+            else:
+                targets = compute_targets(teacher_hidden.flatten(0, 1))
         student = self.spellm.heads(hidden.flatten(0, 1))
         target_ids = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1).flatten()
         parts = distillation_loss(student, targets, self.loss_cfg.temperature, self.loss_cfg.ce_weight,
