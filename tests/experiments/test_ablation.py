@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from spellm_exp.config import CONFIG_DIR
+from spellm_exp.experiments.ablation import token_kl_curve
 from spellm_exp.reporting.ablation import write_ablation_table
 
 TINY = ["model=tiny_llama", "k=4", "trainer.max_steps=2", "trainer.val_check_interval=2",
@@ -38,6 +39,8 @@ def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_pat
     training = markdown.split("## Training")[1]  # variant, overrides, heads, trainable, steps, minutes, objective
     assert re.search(r"\| spellm mixture_2 \| [^|]* \| mixture-2 \| heads \| 2 \| [^|]* \| token \|", training)
     assert re.search(r"\| spellm linear \| [^|]* \| linear \| heads \| 2 \| [^|]* \| marginal \|", training)
+    # the validation token KL after each validation (val_check_interval=2, max_steps=2: one), from the CSV log
+    assert re.search(r"\| 2: \d+\.\d\d \|", training)
 
     # a second run re-uses every finished run and evaluation
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")}
@@ -45,3 +48,12 @@ def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_pat
     assert len(stamps) == 8
     write_ablation_table(cfg, "test")
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")} == stamps
+
+
+def test_token_kl_curve_reads_the_last_value_logged_at_each_validation(tmp_path):
+    (tmp_path / "csv").mkdir()
+    # a resumed run logs step 249 twice; training rows have no validation value
+    pd.DataFrame({"step": [10, 249, 249, 499], "val/token_kl": [None, 3.0, 2.5, 2.125]}).to_csv(
+        tmp_path / "csv" / "metrics.csv", index=False)
+    assert token_kl_curve(tmp_path) == "250: 2.50 / 500: 2.12"
+    assert token_kl_curve(tmp_path / "no-run") == ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from spellm_exp.core.heads import heads_label
@@ -37,9 +38,23 @@ def training_metrics(run_dir: Path, spellm: SpeLLM) -> dict:
             "val KL": val.get("val/kl"), "val token KL": val.get("val/token_kl"),
             "agree teacher": val.get("val/agree_teacher"),
             "agree teacher (chars)": val.get("val/agree_teacher_chars"),
+            "val token KL by step": token_kl_curve(run_dir),
             "output params": spellm.heads.num_parameters(),
             "output params / |V|d": spellm.heads.num_parameters() / (info.vocab_size * info.hidden_size),
             "decode FLOPs / 2|V|d": spellm.heads.decode_flops() / (2 * info.vocab_size * info.hidden_size)}
+
+
+def token_kl_curve(run_dir: Path) -> str:
+    """The validation token-level KL at every validation of the run, from its CSV log: "step: nats / ..."
+    (the last value logged at a step, as a resumed run logs some steps twice); empty without a log."""
+    log_file = run_dir / "csv" / "metrics.csv"
+    if not log_file.exists():
+        return ""
+    log = pd.read_csv(log_file)
+    if "val/token_kl" not in log:
+        return ""
+    curve = log.dropna(subset=["val/token_kl"]).groupby("step")["val/token_kl"].last()
+    return " / ".join(f"{step + 1}: {value:.2f}" for step, value in curve.items())
 
 
 def evaluate_variants(cfg: DictConfig, tasks: list[str], config: dict) -> tuple[str, str, dict]:
