@@ -35,6 +35,15 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     assert loaded.heads.kind is HeadKind(kind)
     if kind != "linear":
         assert summary["val"]["val/token_kl" if kind in ("mixture", "autoregressive") else "val/kl"] > 0
+    # the ceiling's token KL on the same validation positions: for factorised heads the product of the teacher's
+    # marginals, the best any factorised student can do (so never above the student's); none for autoregressive
+    ceiling = summary["val"].get("val/ceiling_token_kl")
+    if kind == "autoregressive":
+        assert ceiling is None
+    elif kind == "mixture":
+        assert ceiling is not None and abs(ceiling) < summary["val"]["val/token_kl"]
+    else:
+        assert 0 < ceiling <= summary["val"]["val/token_kl"] + 1e-5
 
 
 @pytest.mark.parametrize("overrides,message", [

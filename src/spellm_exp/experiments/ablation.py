@@ -36,6 +36,7 @@ def training_metrics(run_dir: Path, spellm: SpeLLM) -> dict:
             "train minutes": round(summary["seconds"] / 60, 1),
             "objective": summary.get("heads", {}).get("loss_objective", "marginal"),
             "val KL": val.get("val/kl"), "val token KL": val.get("val/token_kl"),
+            "its ceiling's val token KL": val.get("val/ceiling_token_kl"),
             "agree teacher": val.get("val/agree_teacher"),
             "agree teacher (chars)": val.get("val/agree_teacher_chars"),
             "val token KL by step": token_kl_curve(run_dir),

@@ -52,7 +52,10 @@ def write_ablation_table(cfg: DictConfig, command: str) -> list[Path]:
         "the teacher's marginals over every (position, head) where the teacher's top symbol is a character, "
         "pooled over the validation blocks; empty for runs written before that metric existed). `val KL` is "
         "the objective's: the mean over heads of the marginal KL, or the token-level KL(q || p) over the "
-        "teacher's vocabulary (`val token KL`, comparable across head types). Output params and decode FLOPs "
+        "teacher's vocabulary (`val token KL`, comparable across head types), next to the same KL of the head "
+        "type's ceiling on the same validation positions (the product of the teacher's marginals for linear and "
+        "mlp, `teacher_mixture_M` for a mixture; the autoregressive type's is 0; empty for runs written before "
+        "that metric existed). Output params and decode FLOPs "
         "are per position, as shares of the teacher's output layer (|V| d weights, 2 |V| d FLOPs).",
     ]
     sections = [("Accuracy (%)", pd.DataFrame(accuracy)), ("Difference to the teacher (points)",

@@ -19,15 +19,19 @@ import time
 import torch
 from lightning.pytorch import LightningModule
 
-from spellm_exp.config import LossConfig, Trainable, TrainConfig
+from spellm_exp.config import HeadKind, LossConfig, Trainable, TrainConfig
 from spellm_exp.core.backbone import run_backbone, teacher_head
+from spellm_exp.core.ceilings import teacher_mixture
 from spellm_exp.core.charset import PAD
+from spellm_exp.core.heads import FACTORISED_KINDS, Factorised
 from spellm_exp.core.losses import (
     Targets,
     chunked_head_marginals,
     distillation_loss,
+    masked_mean,
     resolve_objective,
     spelling_matrix,
+    token_kl,
     token_samples,
 )
 from spellm_exp.core.spellm import SpeLLM
@@ -146,7 +150,33 @@ class DistillModule(LightningModule):
         with torch.no_grad():
             log_p = student.marginal_log_probs().detach().float()  # [N, k, |Sigma|]
         self._log_metrics(stage, parts, log_p, targets, target_ids, batch["ids"].shape[0])
+        if stage == "val":
+            with torch.no_grad():
+                ceiling = self.ceiling_token_kl(batch["ids"], batch["index"], targets)
+            if ceiling is not None:
+                self.log("val/ceiling_token_kl", ceiling, on_epoch=True, batch_size=batch["ids"].shape[0],
+                         sync_dist=True)
         return parts.total
+
+    def ceiling_token_kl(self, ids: torch.Tensor, index: torch.Tensor | None, targets: Targets) -> torch.Tensor | None:
+        """The token-level KL of the best this head type can do with the teacher's own distribution
+        (core/ceilings.py), on the same positions and with the same estimator as the student's `token_kl`:
+        factorised heads, the product of the teacher's marginals (exactly sum_i H(q_i) - H(q)); a mixture of M,
+        `teacher_mixture_M`. None for the autoregressive type, whose ceiling is the teacher itself (0)."""
+        kind = self.spellm.heads.kind
+        if kind in FACTORISED_KINDS:
+            return masked_mean(token_kl(Factorised(targets.marginals.clamp(min=1e-30).log()), targets, self.table),
+                               targets.valid)
+        if kind is not HeadKind.mixture:
+            return None
+        _, teacher_hidden, teacher_lm = self._hidden_states(ids, index)
+        rows, chunk = teacher_hidden.flatten(0, 1), self.loss_cfg.chunk_positions(self.table.shape[0])
+        kl = torch.cat([token_kl(teacher_mixture(teacher_head(teacher_lm, rows[start:start + chunk]), self.table,
+                                                 self.spellable, self.spellm.alphabet.size,
+                                                 self.spellm.heads.components, self.spelling_matrix),
+                                 targets.rows(slice(start, start + chunk)), self.table)
+                        for start in range(0, rows.shape[0], chunk)])
+        return masked_mean(kl, targets.valid)
 
     def _log_metrics(self, stage, parts, log_p: torch.Tensor, targets: Targets, target_ids, batch_size) -> None:
         """Per-head metrics from the student's per-position log-probs (autoregressive heads: along their
