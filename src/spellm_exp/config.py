@@ -46,6 +46,7 @@ class HeadKind(str, Enum):
     mlp = "mlp"  # a shared residual MLP trunk before the k linear heads
     mixture = "mixture"  # M products of per-position distributions, mixed by a small head
     autoregressive = "autoregressive"  # linear heads plus a character decoder over the earlier characters
+    shortlist = "shortlist"  # the L most frequent tokens scored exactly, plus the linear heads' product for the rest
 
 
 @dataclass
@@ -56,6 +57,7 @@ class HeadsConfig:
     trunk_multiple: int = 4  # mlp: the trunk's width r = trunk_multiple x d (d -> r -> d, residual)
     components: int = 4  # mixture: M
     decoder_size: int = 128  # autoregressive: width r of the character decoder
+    shortlist: int = 4096  # shortlist: L, the most frequent tokens (of the distillation text) scored as tokens
 
 
 # --- teachers ----------------------------------------------------------------------------------

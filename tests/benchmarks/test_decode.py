@@ -95,7 +95,7 @@ def test_bench_writes_a_well_formed_record(cache_dir, tmp_path):
                                                    ("p_nonembedding", "vocab_size", "hidden_size", "k", "sigma"))).ratio)
 
 
-@pytest.mark.parametrize("kind", ["mixture", "autoregressive"])
+@pytest.mark.parametrize("kind", ["mixture", "autoregressive", "shortlist"])
 def test_bench_times_another_head_type_and_bounds_it_by_its_parameters(kind, cache_dir):
     cfg = _bench_cfg(cache_dir, f"heads={kind}", "batch_sizes=[1]")
     record = bench.run_bench(cfg)

@@ -12,7 +12,8 @@ from spellm_exp.core.spellm import CheckpointError, SpeLLM
 
 SETTINGS = {HeadKind.linear: HeadsConfig(), HeadKind.mlp: HeadsConfig(kind=HeadKind.mlp, trunk_multiple=1),
             HeadKind.mixture: HeadsConfig(kind=HeadKind.mixture, components=3),
-            HeadKind.autoregressive: HeadsConfig(kind=HeadKind.autoregressive, decoder_size=8)}
+            HeadKind.autoregressive: HeadsConfig(kind=HeadKind.autoregressive, decoder_size=8),
+            HeadKind.shortlist: HeadsConfig(kind=HeadKind.shortlist, shortlist=64)}
 
 
 def _spellm(tiny_teacher, kind):

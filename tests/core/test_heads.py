@@ -76,7 +76,8 @@ def test_unembedding_mean_init_by_hand():
 # --- every head type ------------------------------------------------------------------------------
 TINY_K, TINY_SIGMA, TINY_D = 3, 4, 6
 ALL_STRINGS = torch.tensor(list(itertools.product(range(TINY_SIGMA), repeat=TINY_K)))  # [|Sigma|^k, k]
-SETTINGS = {kind: HeadsConfig(kind=kind, trunk_multiple=2, components=3, decoder_size=8) for kind in HeadKind}
+SETTINGS = {kind: HeadsConfig(kind=kind, trunk_multiple=2, components=3, decoder_size=8, shortlist=5)
+            for kind in HeadKind}
 
 
 def _random_heads(kind: HeadKind, seed: int):
@@ -112,7 +113,7 @@ def test_log_prob_of_given_strings_equals_the_enumeration(kind):
     torch.testing.assert_close(scored, every.gather(1, picks))
 
 
-@pytest.mark.parametrize("kind", [HeadKind.linear, HeadKind.mlp, HeadKind.mixture])
+@pytest.mark.parametrize("kind", [HeadKind.linear, HeadKind.mlp, HeadKind.mixture, HeadKind.shortlist])
 def test_marginals_are_exact(kind):
     heads, hidden = _random_heads(kind, 2), torch.randn(2, TINY_D)
     with torch.no_grad():
@@ -177,7 +178,8 @@ def test_every_type_starts_as_the_linear_heads_product_or_a_noisy_copy(kind):
     unembedding = torch.randn(4, 5)
     linear = LinearHeads(2, 4, 5)
     linear.init_from_unembedding(unembedding, table)
-    heads = build_heads(HeadsConfig(kind=kind, components=2), 2, 4, 5)
+    heads = build_heads(HeadsConfig(kind=kind, components=2, shortlist=2), 2, 4, 5)
+    heads.fit_vocabulary(table)
     heads.init_from_unembedding(unembedding, table)
     hidden = torch.randn(3, 5)
     # strings that have not ended before their last symbol (after an end the autoregressive type puts all
@@ -187,19 +189,57 @@ def test_every_type_starts_as_the_linear_heads_product_or_a_noisy_copy(kind):
         expected, got = linear(hidden).log_prob(strings), heads(hidden).log_prob(strings)
     if kind is HeadKind.mixture:  # components are the linear init plus 10% noise
         assert (got - expected).abs().max() < 0.5 and not torch.equal(got, expected)
+    elif kind is HeadKind.shortlist:  # its rest is the linear heads; its tokens score with the teacher's own rows
+        rest = heads(hidden)
+        torch.testing.assert_close(rest.rest.logits, linear.logits(hidden))
+        torch.testing.assert_close(heads.weight, unembedding[heads.token_ids])
     else:
         torch.testing.assert_close(got, expected)
 
 
 def test_parameter_counts_and_flops_by_hand():
     k, sigma, d = 4, 10, 8
-    counts = {kind: build_heads(HeadsConfig(kind=kind, trunk_multiple=2, components=3, decoder_size=6),
+    counts = {kind: build_heads(HeadsConfig(kind=kind, trunk_multiple=2, components=3, decoder_size=6, shortlist=7),
                                 k, sigma, d) for kind in HeadKind}
     linear = k * sigma * d + k * sigma
     assert counts[HeadKind.linear].num_parameters() == linear
     assert counts[HeadKind.mlp].num_parameters() == linear + (d * 16 + 16) + (16 * d + d)
     assert counts[HeadKind.mixture].num_parameters() == 3 * linear + (d * 3 + 3)
     assert counts[HeadKind.autoregressive].num_parameters() == linear + (d * 6 + 6) + k * 6 + 2 * k * sigma * 6 + k * sigma
+    assert counts[HeadKind.shortlist].num_parameters() == linear + 7 * d + 7 + (d + 1)  # rows, biases, gate
     assert counts[HeadKind.linear].decode_flops() == 2 * k * sigma * d
+    assert counts[HeadKind.shortlist].decode_flops() == 2 * 8 * d + 2 * k * sigma * d
     assert counts[HeadKind.mixture].decode_flops() == 2 * 3 * (k * sigma + 1) * d
     assert settings_dict(counts[HeadKind.mixture].settings()) == {"kind": "mixture", "components": 3}
+
+
+def _shortlist_table():
+    spelled = TokenSpellings(pieces=(None, b"a", b"ab", b"b", b"ba", b"a"), end_ids=frozenset({0}), eos_id=0)
+    return SpellingTable(spelled, Alphabet(CharsetKind.chars, ("a", "b")), k=2)
+
+
+def test_the_shortlist_keeps_the_most_frequent_tokens_one_per_string():
+    table = _shortlist_table()  # token 5 spells as token 1 ("a")
+    heads = build_heads(HeadsConfig(kind=HeadKind.shortlist, shortlist=3), 2, 4, 5)
+    heads.fit_vocabulary(table, torch.tensor([100, 5, 1, 9, 0, 7]))
+    # by count: 0 (an end token, its own string), 3 ("b"), 5 ("a"); 1 ("a" again) is left out
+    assert heads.token_ids.tolist() == [0, 3, 5]
+    assert torch.equal(heads.strings, table.table[[0, 3, 5]])
+    assert heads.slot_of(table.table).tolist() == [0, 2, -1, 1, -1, 2]
+    with pytest.raises(ValueError, match="spells only 5 distinct strings"):
+        build_heads(HeadsConfig(kind=HeadKind.shortlist, shortlist=6), 2, 4, 5).fit_vocabulary(table)
+
+
+def test_a_shortlist_token_scores_its_own_weight_plus_what_the_rest_gives_its_string():
+    heads = _random_heads(HeadKind.shortlist, 3)
+    hidden = torch.randn(2, TINY_D)
+    with torch.no_grad():
+        dist = heads(hidden)
+        strings = heads.strings[[1, 4]].unsqueeze(0).expand(2, -1, -1)
+        rest = dist.log_weights[:, -1:] + dist.rest.log_prob(strings)
+        expected = torch.logaddexp(dist.log_weights[:, [1, 4]], rest)
+        torch.testing.assert_close(dist.log_prob(strings), expected)
+        # greedy: the better of the top shortlist string and the rest's argmax, by the whole distribution
+        greedy = dist.greedy(forbid_pad_first=False)
+        every = _all_string_log_probs(heads, hidden)
+        assert (dist.log_prob(greedy.unsqueeze(1)).squeeze(1) <= every.max(-1).values + 1e-6).all()

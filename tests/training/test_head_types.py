@@ -14,7 +14,8 @@ from ..conftest import compose_train as _compose
 
 HEADS = {"linear": ["heads=linear"], "mlp": ["heads=mlp", "heads.trunk_multiple=1"],
          "mixture": ["heads=mixture", "heads.components=2"],
-         "autoregressive": ["heads=autoregressive", "heads.decoder_size=16"]}
+         "autoregressive": ["heads=autoregressive", "heads.decoder_size=16"],
+         "shortlist": ["heads=shortlist", "heads.shortlist=64"]}
 
 
 @pytest.mark.parametrize("kind", list(HEADS))
@@ -27,6 +28,7 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     summary = distil(cfg, tmp_path)
     assert summary["heads"]["kind"] == kind
     assert summary["heads"]["loss_objective"] == ("marginal" if kind in ("linear", "mlp") else "token")
+    assert summary["heads"]["kind"] != "shortlist" or summary["heads"]["shortlist"] == 64
     losses = pd.read_csv(tmp_path / "csv" / "metrics.csv")["train/loss"].dropna().to_numpy()
     assert len(losses) == 12 and losses[-3:].mean() < losses[:3].mean()
     meta = json.loads((tmp_path / "spellm" / "spellm.json").read_text())
@@ -34,11 +36,11 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     loaded = SpeLLM.load(tmp_path / "spellm", cache_dir=cache_dir)
     assert loaded.heads.kind is HeadKind(kind)
     if kind != "linear":
-        assert summary["val"]["val/token_kl" if kind in ("mixture", "autoregressive") else "val/kl"] > 0
+        assert summary["val"]["val/token_kl" if kind in ("mixture", "autoregressive", "shortlist") else "val/kl"] > 0
     # the ceiling's token KL on the same validation positions: for factorised heads the product of the teacher's
     # marginals, the best any factorised student can do (so never above the student's); none for autoregressive
     ceiling = summary["val"].get("val/ceiling_token_kl")
-    if kind == "autoregressive":
+    if kind in ("autoregressive", "shortlist"):
         assert ceiling is None
     elif kind == "mixture":
         assert ceiling is not None and abs(ceiling) < summary["val"]["val/token_kl"]

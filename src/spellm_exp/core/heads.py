@@ -22,6 +22,7 @@ mixture's components, which start as noisy copies of it.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from torch import nn
 
 from spellm_exp.config import HeadKind, HeadsConfig
 from spellm_exp.core.charset import EOS, PAD, SpellingTable
+from spellm_exp.core.vocab_lookup import hash_powers, string_keys
 
 
 # --- distributions over Sigma^k ------------------------------------------------------------------
@@ -38,6 +40,20 @@ def vocab_scores(log_probs: torch.Tensor, table: torch.Tensor, spellable: torch.
     for i in range(table.shape[1]):
         scores += log_probs[:, i, table[:, i]]
     return scores.masked_fill(~spellable, -math.inf)
+
+
+def spelling_matrix(table: torch.Tensor, n_symbols: int, keep_pad: bool = False) -> torch.Tensor:
+    """Sparse CSR [k*|Sigma|, rows]: 1 at (i*|Sigma| + S[v, i], v) for every symbol of the table [rows, k]
+    (PAD symbols only with `keep_pad`)."""
+    vocab_size, k = table.shape
+    keep = torch.ones_like(table, dtype=torch.bool) if keep_pad else table != PAD
+    rows = (torch.arange(k, device=table.device) * n_symbols + table)[keep]
+    cols = torch.arange(vocab_size, device=table.device).unsqueeze(1).expand(vocab_size, k)[keep]
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel(), device=table.device),
+                                  (k * n_symbols, vocab_size))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return coo.coalesce().to_sparse_csr()
 
 
 def _gather_strings(log_probs: torch.Tensor, strings: torch.Tensor) -> torch.Tensor:
@@ -218,6 +234,38 @@ class Autoregressive(StringDistribution):
         return self._steps(False)[1]
 
 
+class Shortlist(StringDistribution):
+    """sum over shortlist tokens l with S_l = s of w_l, plus w_rest prod_i p_i(s_i): log weights [n, L + 1] (the
+    rest last) and the rest's per-position logits [n, k, S], of `ShortlistHeads`."""
+
+    def __init__(self, heads: ShortlistHeads, log_weights: torch.Tensor, rest_logits: torch.Tensor):
+        self.heads, self.log_weights, self.rest = heads, log_weights, Factorised(rest_logits)
+
+    @property
+    def device_tensor(self) -> torch.Tensor:
+        return self.log_weights
+
+    def log_prob(self, strings: torch.Tensor) -> torch.Tensor:
+        shape = torch.broadcast_shapes(strings.shape[:-1], (self.size, 1))
+        slots = self.heads.slot_of(strings.expand(*shape, strings.shape[-1]))  # [n, m]
+        exact = torch.where(slots >= 0, self.log_weights.gather(1, slots.clamp(min=0)), -math.inf)
+        return torch.logaddexp(exact, self.log_weights[:, -1:] + self.rest.log_prob(strings))
+
+    def greedy(self, forbid_pad_first: bool = True) -> torch.Tensor:
+        """The better, by p(s), of the most likely shortlist token's string and the rest's argmax string."""
+        best = self.heads.strings[self.log_weights[:, :-1].argmax(-1)]  # [n, k]
+        candidates = torch.stack([best, _argmax(self.rest.logits, forbid_pad_first)], dim=1)  # [n, 2, k]
+        pick = self.log_prob(candidates).argmax(-1)
+        return candidates[torch.arange(candidates.shape[0], device=pick.device), pick]
+
+    def _marginal_log_probs(self) -> torch.Tensor:
+        weights = self.log_weights.float().exp()
+        n, (k, symbols) = weights.shape[0], self.rest.logits.shape[1:]
+        shortlist = torch.sparse.mm(self.heads.symbol_matrix(), weights[:, :-1].T.contiguous()).T
+        mixed = shortlist.reshape(n, k, symbols) + weights[:, -1:, None] * self.rest.log_probs.exp()
+        return mixed.clamp(min=1e-30).log()
+
+
 def _ended(strings: torch.Tensor) -> torch.Tensor:
     """[..., k]: whether a PAD or EOS came before position i (the string is over there)."""
     stops = ((strings == PAD) | (strings == EOS)).long()
@@ -239,6 +287,10 @@ class OutputHeads(nn.Module):
 
     def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
         raise NotImplementedError
+
+    def fit_vocabulary(self, spelling: SpellingTable, counts: torch.Tensor | None = None) -> None:
+        """Choose what the type keeps of the teacher's vocabulary (the shortlist type: its tokens), from the
+        spelling table and the distillation text's token counts; nothing for the other types."""
 
     def decode_flops(self) -> int:
         """Multiply-adds x 2 per position of one greedy decode step, next to the teacher's 2 |V| d."""
@@ -391,13 +443,109 @@ class AutoregressiveHeads(OutputHeads):
         return self.linear.decode_flops() + 2 * self.hidden_size * self.decoder_size + self.k * per_step
 
 
+class ShortlistHeads(OutputHeads):
+    """A softmax over the L shortlist tokens and one "rest" logit (gate), plus the k linear heads for the rest.
+
+    The shortlist is chosen by `fit_vocabulary` (the most frequent spellable tokens, one per string) and kept in
+    the checkpoint as buffers (token ids and their strings); its rows start as the teacher's own unembedding rows.
+    """
+
+    kind = HeadKind.shortlist
+
+    def __init__(self, k: int, n_symbols: int, hidden_size: int, shortlist: int = 4096,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__(k, n_symbols, hidden_size)
+        if shortlist < 1:
+            raise ValueError(f"heads.shortlist={shortlist}: a shortlist needs at least one token.")
+        self.size = shortlist
+        self.weight = nn.Parameter(torch.empty(shortlist, hidden_size, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(shortlist, dtype=dtype))
+        nn.init.normal_(self.weight, std=hidden_size**-0.5)
+        self.gate = nn.Linear(hidden_size, 1, dtype=dtype)
+        self.linear = LinearHeads(k, n_symbols, hidden_size, dtype)
+        # until fit_vocabulary: distinct placeholder strings (the base-|Sigma| digits of 1..L)
+        digits = (torch.arange(1, shortlist + 1).unsqueeze(1) // n_symbols ** torch.arange(k)) % n_symbols
+        self.register_buffer("token_ids", torch.arange(shortlist))
+        self.register_buffer("strings", digits)
+        self.register_buffer("powers", hash_powers(k), persistent=False)
+        self._index_key, self._index = None, None
+
+    def settings(self) -> HeadsConfig:
+        return HeadsConfig(kind=self.kind, shortlist=self.size)
+
+    @torch.no_grad()
+    def fit_vocabulary(self, spelling: SpellingTable, counts: torch.Tensor | None = None) -> None:
+        """The shortlist := the L spellable tokens most frequent in `counts` ([|V|] token counts; None: the lowest
+        ids), keeping one token per string (the more frequent)."""
+        table, spellable = spelling.table, spelling.spellable
+        frequency = torch.zeros(table.shape[0]) if counts is None else counts[: table.shape[0]].float()
+        ranked = sorted(torch.nonzero(spellable).flatten().tolist(), key=lambda v: (-frequency[v].item(), v))
+        chosen, seen = [], set()
+        for token in ranked:
+            string = tuple(table[token].tolist())
+            if string not in seen:
+                seen.add(string)
+                chosen.append(token)
+            if len(chosen) == self.size:
+                break
+        if len(chosen) < self.size:
+            raise ValueError(f"heads.shortlist={self.size}: the vocabulary spells only {len(chosen)} distinct "
+                             "strings; use a smaller shortlist.")
+        ids = torch.tensor(chosen)
+        self.token_ids.copy_(ids)
+        self.strings.copy_(table[ids])
+
+    def _lookup(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sorted string keys [L], their slots [L], the sparse symbol matrix [k*S, L]), rebuilt when the strings
+        change (fit_vocabulary, loading a checkpoint) or move."""
+        key = (self.strings.device, self.strings.data_ptr(), self.strings._version)
+        if self._index_key != key:
+            keys = string_keys(self.strings, self.powers)
+            order = torch.argsort(keys)
+            self._index = (keys[order], order, spelling_matrix(self.strings, self.n_symbols, keep_pad=True))
+            self._index_key = key
+        return self._index
+
+    def slot_of(self, strings: torch.Tensor) -> torch.Tensor:
+        """[..., k] strings -> [...] their shortlist slots, -1 for strings no shortlist token spells."""
+        sorted_keys, slots, _ = self._lookup()
+        position = torch.searchsorted(sorted_keys, string_keys(strings, self.powers)).clamp(max=self.size - 1)
+        slot = slots[position]
+        return torch.where((self.strings[slot] == strings).all(-1), slot, -1)
+
+    def symbol_matrix(self) -> torch.Tensor:
+        return self._lookup()[2]
+
+    def forward(self, hidden: torch.Tensor) -> Shortlist:
+        scores = torch.cat([F.linear(hidden, self.weight, self.bias), self.gate(hidden)], dim=-1)
+        return Shortlist(self, F.log_softmax(scores.float(), dim=-1), self.linear.logits(hidden))
+
+    @torch.no_grad()
+    def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
+        """Shortlist rows := the teacher's unembedding rows of its tokens (exact logits); the rest heads as the
+        linear heads; the gate := log(#rest) + the mean rest row (Jensen's lower bound on the rest's logsumexp)."""
+        ids = self.token_ids.to(unembedding.device)
+        self.weight.copy_(unembedding[ids].to(self.weight.dtype))
+        self.bias.zero_()
+        self.linear.init_from_unembedding(unembedding, spelling)
+        rest = spelling.spellable.clone()
+        rest[self.token_ids.cpu()] = False
+        rows = unembedding[rest.to(unembedding.device)].float()
+        self.gate.weight.copy_(rows.mean(0, keepdim=True).to(self.gate.weight.dtype))
+        self.gate.bias.fill_(math.log(max(rows.shape[0], 1)))
+
+    def decode_flops(self) -> int:
+        return 2 * (self.size + 1) * self.hidden_size + self.linear.decode_flops()
+
+
 FACTORISED_KINDS = frozenset({HeadKind.linear, HeadKind.mlp})  # distributions that are products over positions
 HEAD_TYPES: dict[HeadKind, type[OutputHeads]] = {
-    cls.kind: cls for cls in (LinearHeads, MLPHeads, MixtureHeads, AutoregressiveHeads)}
+    cls.kind: cls for cls in (LinearHeads, MLPHeads, MixtureHeads, AutoregressiveHeads, ShortlistHeads)}
 
 
 # the one size setting each kind reads (linear reads none)
-SIZE_FIELD = {HeadKind.mlp: "trunk_multiple", HeadKind.mixture: "components", HeadKind.autoregressive: "decoder_size"}
+SIZE_FIELD = {HeadKind.mlp: "trunk_multiple", HeadKind.mixture: "components", HeadKind.autoregressive: "decoder_size",
+              HeadKind.shortlist: "shortlist"}
 
 
 def build_heads(settings: HeadsConfig, k: int, n_symbols: int, hidden_size: int,
@@ -417,4 +565,5 @@ def settings_dict(settings: HeadsConfig) -> dict:
 def heads_label(settings: HeadsConfig | dict) -> str:
     """A short name of a head type and its size setting, as tables show it: linear, mlp, mixture-8, ..."""
     data = settings_dict(settings) if isinstance(settings, HeadsConfig) else settings
-    return data["kind"] + (f"-{data['components']}" if "components" in data else "")
+    size = data.get("components", data.get("shortlist"))
+    return data["kind"] + (f"-{size}" if size is not None else "")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 
 from spellm_exp.config import HeadKind, LossObjective
 from spellm_exp.core.charset import PAD
-from spellm_exp.core.heads import FACTORISED_KINDS, Factorised, StringDistribution
+from spellm_exp.core.heads import FACTORISED_KINDS, Factorised, StringDistribution, spelling_matrix
 
 _EPS = 1e-12
 
@@ -72,19 +71,6 @@ def in_fp32(loss_fn: Callable) -> Callable:
             return loss_fn(first, *args, **kwargs)
 
     return wrapper
-
-
-def spelling_matrix(table: torch.Tensor, n_symbols: int) -> torch.Tensor:
-    """Sparse CSR [k*|Sigma|, |V|]: 1 at (i*|Sigma| + S[v, i], v) for every non-PAD symbol of the table."""
-    vocab_size, k = table.shape
-    keep = table != PAD
-    rows = (torch.arange(k, device=table.device) * n_symbols + table)[keep]
-    cols = torch.arange(vocab_size, device=table.device).unsqueeze(1).expand(vocab_size, k)[keep]
-    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel(), device=table.device),
-                                  (k * n_symbols, vocab_size))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return coo.coalesce().to_sparse_csr()
 
 
 @in_fp32

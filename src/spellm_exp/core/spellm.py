@@ -70,8 +70,9 @@ class SpeLLM(nn.Module):
 
     @classmethod
     def build(cls, teacher: Teacher, alphabet: Alphabet, k: int, init: HeadInit | str = HeadInit.unembedding_mean,
-              seed: int = 0, heads: HeadsConfig | None = None) -> SpeLLM:
-        """A SpeLLM with new heads of type `heads` (default: the paper's linear heads)."""
+              seed: int = 0, heads: HeadsConfig | None = None, counts: torch.Tensor | None = None) -> SpeLLM:
+        """A SpeLLM with new heads of type `heads` (default: the paper's linear heads); `counts` ([|V|] token counts
+        of the distillation text) choose what a type keeps of the vocabulary (the shortlist's tokens)."""
         spelling = _pad_table(SpellingTable(TokenSpellings.from_tokenizer(teacher.tokenizer), alphabet, k),
                               teacher.info.vocab_size)
         unembedding = teacher.model.get_output_embeddings().weight
@@ -79,6 +80,7 @@ class SpeLLM(nn.Module):
             torch.manual_seed(seed)
             head_module = build_heads(heads or HeadsConfig(), k, alphabet.size, unembedding.shape[1],
                                       dtype=unembedding.dtype)
+            head_module.fit_vocabulary(spelling, counts)
             if HeadInit(init) is HeadInit.unembedding_mean:
                 head_module.init_from_unembedding(unembedding.detach(), spelling)
         return cls(teacher, spelling, head_module)
@@ -188,7 +190,7 @@ class SpeLLM(nn.Module):
                 f"teacher it was distilled from, or distil new heads for this teacher.")
         tensors = load_file(folder / HEADS_FILE)
         head_module = build_heads(saved_heads, meta["k"], saved_alphabet.size, teacher.info.hidden_size,
-                                  dtype=next(iter(tensors.values())).dtype)
+                                  dtype=next(t.dtype for t in tensors.values() if t.is_floating_point()))
         head_module.load_state_dict(tensors)
         if (folder / BACKBONE_FILE).exists():
             teacher.model.load_state_dict(load_file(folder / BACKBONE_FILE), strict=False)

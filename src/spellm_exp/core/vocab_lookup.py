@@ -24,6 +24,23 @@ _PRIMES = (2_147_483_647, 2_147_483_629)  # moduli below 2^31: symbol x power < 
 _BASES = (1_000_003, 999_983)
 
 
+def hash_powers(k: int) -> torch.Tensor:
+    """[2, k]: the powers of the two hashes' bases, modulo their primes."""
+    rows = []
+    for base, prime in zip(_BASES, _PRIMES):
+        powers = [1]
+        for _ in range(k - 1):
+            powers.append(powers[-1] * base % prime)
+        rows.append(powers)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def string_keys(symbols: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
+    """[..., k] symbol ids -> [...] int64 keys (two 31-bit polynomial hashes side by side)."""
+    halves = [(symbols * powers[i]).sum(-1) % prime for i, prime in enumerate(_PRIMES)]
+    return halves[0] * (1 << 31) + halves[1]
+
+
 def normalise(symbols: torch.Tensor) -> torch.Tensor:
     """The string a greedy row spells: every symbol after its first PAD or EOS becomes PAD (a leading EOS
     stays, alone: the end token)."""
@@ -38,12 +55,7 @@ class VocabLookup(nn.Module):
     def __init__(self, spelling: SpellingTable):
         super().__init__()
         table = spelling.table
-        k = table.shape[1]
-        for index, (base, prime) in enumerate(zip(_BASES, _PRIMES)):
-            powers = [1]
-            for _ in range(k - 1):
-                powers.append(powers[-1] * base % prime)
-            self.register_buffer(f"powers{index}", torch.tensor(powers, dtype=torch.long), persistent=False)
+        self.register_buffer("powers", hash_powers(table.shape[1]), persistent=False)
         # spelled strings only: end tokens spell as EOS and are not looked up (the EOS row is the end)
         strings = spelling.spellable.clone()
         strings[list(spelling.spellings.end_ids)] = False
@@ -60,8 +72,7 @@ class VocabLookup(nn.Module):
 
     def keys(self, symbols: torch.Tensor) -> torch.Tensor:
         """[n, k] symbol ids -> [n] int64 keys."""
-        halves = [(symbols * getattr(self, f"powers{i}")).sum(-1) % prime for i, prime in enumerate(_PRIMES)]
-        return halves[0] * (1 << 31) + halves[1]
+        return string_keys(symbols, self.powers)
 
     def forward(self, symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy [n, k] symbols -> (token id [n], in_vocab [n]) on the device: the end token for a leading EOS,

@@ -149,7 +149,7 @@ def distil(cfg: DictConfig, run_dir: Path) -> dict:
     alphabet = build_alphabet(charset.kind.value, charset.size, TokenSpellings.from_tokenizer(teacher.tokenizer),
                               counts, charset.escape)
     spellm = SpeLLM.build(teacher, alphabet, cfg.k, init=cfg.heads_init, seed=cfg.seed,
-                          heads=typed(HeadsConfig, cfg.heads))
+                          heads=typed(HeadsConfig, cfg.heads), counts=counts)
     coverage = spellm.spelling.coverage(counts[: spellm.spelling.vocab_size])
     log.info("alphabet: %s, |Sigma|=%d, k=%d; coverage %s", alphabet.kind.value, alphabet.size, cfg.k, coverage)
 
