@@ -40,7 +40,7 @@ help:
 	@echo "make reproduce-table2  results/table2.{md,csv,png}: decode-step runtime, teacher vs SpeLLM (quick: ~10 min)"
 	@echo "make reproduce-table3  results/table3.{md,csv} and plots: the sweep over k and character-set size (quick: ~80 min)"
 	@echo "make reproduce-ablation  results/quality_ablation.{md,csv}: head types and their ceilings (~2.5 h)"
-	@echo "make reproduce-ablation-cached  results/quality_ablation_cached.{md,csv}: 1,500-step mixture-8 and autoregressive heads"
+	@echo "make reproduce-ablation-cached  results/quality_ablation_cached.{md,csv}: 1,500-step mixture-8 and shortlist heads"
 	@echo "make notebooks   execute notebooks/*.ipynb in place on the current results/ (outputs saved)"
 	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile: teachers, coverage, distil, Tables 1-2, index, notebooks (~2 h)"
 	@echo "make reproduce-sweeps  Table 3's sweep over k and character-set size, then the index and notebooks (~80 min)"
@@ -113,7 +113,7 @@ notebooks: setup
 reproduce-ablation: setup
 	$(PY) -m spellm_exp.ablation
 
-# mixture-8 and autoregressive heads with 10x the quick training, on cached features and targets
+# mixture-8 and shortlist heads with 10x the quick training, on cached features and targets
 reproduce-ablation-cached: setup
 	$(PY) -m spellm_exp.ablation --config-name ablation_cached
 
