@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from spellm_exp.config import HeadKind, HeadsConfig
 from spellm_exp.core.charset import EOS, PAD, Alphabet, CharsetKind
 from spellm_exp.core.decoding import Decoder, SpeLLMHead, TeacherHead, decode
 from spellm_exp.core.spellm import SpeLLM
@@ -169,6 +170,19 @@ def test_compiled_backend_gives_the_eager_tokens(name, tiny_teacher):
             eager.stats.steps, eager.stats.strings, eager.stats.non_vocab_strings)
     assert eager.stats.strings == 30
     assert decode(spellm, PROMPTS, mode="free", max_new_tokens=10).stats.non_vocab_share > 0.3  # the hard case ran
+
+
+def test_a_shortlist_spellm_decodes_the_same_in_both_backends(tiny_teacher):
+    """The shortlist type's greedy (hash lookup of its strings, the better of two candidates) compiles too."""
+    torch.manual_seed(0)
+    spellm = SpeLLM.build(tiny_teacher("tiny_llama"), LETTERS, k=6, heads=HeadsConfig(kind=HeadKind.shortlist,
+                                                                                       shortlist=64))
+    with torch.no_grad():
+        spellm.heads.linear.weight.normal_(std=0.05)
+    eager = decode(spellm, PROMPTS, mode="free", max_new_tokens=10)
+    compiled = decode(spellm, PROMPTS, mode="free", max_new_tokens=10, backend="compiled")
+    assert compiled.token_ids == eager.token_ids and compiled.texts == eager.texts
+    assert eager.stats.strings == 30
 
 
 def test_a_compiled_decoder_reuses_its_step_and_reads_in_chunks(tiny_teacher):
