@@ -143,7 +143,6 @@ class TargetStore(BlockStore):
         meta = {"n_blocks": n_blocks, "fields": {name: [list(shape), np.dtype(dtype).name]
                                                  for name, (shape, dtype) in fields.items()}, "key": key}
         super().__init__(folder, n_blocks, fields, meta)
-        self.block_size = block_size
 
     def get(self, index: torch.Tensor, hidden: torch.Tensor, compute: Callable[[torch.Tensor], Targets]) -> Targets:
         """Targets of the B * T positions of blocks `index` ([B]), flattened as `hidden` [B, T, d] is;

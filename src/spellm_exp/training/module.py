@@ -124,8 +124,8 @@ class DistillModule(LightningModule):
         return self.spellm.backbone(ids)[0], teacher_hidden, self.teacher_lm
 
     def loss_parts(self, ids: torch.Tensor, index: torch.Tensor | None = None):
-        """(loss parts, student distribution over N positions, targets, next-token ids [N]) for a batch of ids
-        (blocks `index` of the data, for the feature cache)."""
+        """(loss parts, student distribution over N positions, targets, next-token ids [N], teacher hidden states
+        [B, T, d], teacher CausalLM) for a batch of ids (blocks `index` of the data, for the feature cache)."""
         hidden, teacher_hidden, teacher_lm = self._hidden_states(ids, index)
 
         def compute_targets(rows: torch.Tensor) -> Targets:  # teacher hidden states [N, d]
@@ -143,22 +143,23 @@ class DistillModule(LightningModule):
         target_ids = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1).flatten()
         parts = distillation_loss(student, targets, self.loss_cfg.temperature, self.loss_cfg.ce_weight,
                                   target_ids, self.table, self.spellable, self.objective)
-        return parts, student, targets, target_ids
+        return parts, student, targets, target_ids, teacher_hidden, teacher_lm
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        parts, student, targets, target_ids = self.loss_parts(batch["ids"], batch["index"])
+        parts, student, targets, target_ids, teacher_hidden, teacher_lm = self.loss_parts(batch["ids"], batch["index"])
         with torch.no_grad():
             log_p = student.marginal_log_probs().detach().float()  # [N, k, |Sigma|]
         self._log_metrics(stage, parts, log_p, targets, target_ids, batch["ids"].shape[0])
         if stage == "val":
             with torch.no_grad():
-                ceiling = self.ceiling_token_kl(batch["ids"], batch["index"], targets)
+                ceiling = self.ceiling_token_kl(teacher_hidden, teacher_lm, targets)
             if ceiling is not None:
                 self.log("val/ceiling_token_kl", ceiling, on_epoch=True, batch_size=batch["ids"].shape[0],
                          sync_dist=True)
         return parts.total
 
-    def ceiling_token_kl(self, ids: torch.Tensor, index: torch.Tensor | None, targets: Targets) -> torch.Tensor | None:
+    def ceiling_token_kl(self, teacher_hidden: torch.Tensor, teacher_lm: torch.nn.Module,
+                         targets: Targets) -> torch.Tensor | None:
         """The token-level KL of the best this head type can do with the teacher's own distribution
         (core/ceilings.py), on the same positions and with the same estimator as the student's `token_kl`:
         factorised heads, the product of the teacher's marginals (exactly sum_i H(q_i) - H(q)); a mixture of M,
@@ -169,7 +170,6 @@ class DistillModule(LightningModule):
                                targets.valid)
         if kind is not HeadKind.mixture:
             return None
-        _, teacher_hidden, teacher_lm = self._hidden_states(ids, index)
         rows, chunk = teacher_hidden.flatten(0, 1), self.loss_cfg.chunk_positions(self.table.shape[0])
         kl = torch.cat([token_kl(teacher_mixture(teacher_head(teacher_lm, rows[start:start + chunk]), self.table,
                                                  self.spellable, self.spellm.alphabet.size,
