@@ -365,6 +365,9 @@ class AblationJob(_Command):
     other_scores: list[str] = field(default_factory=list)
     ceilings: list[str] = field(default_factory=lambda: ["teacher_marginals"])
     ceiling_scores: list[str] = field(default_factory=list)  # also score the first ceiling these ways
+    # ceilings built from each variant's own heads (teacher_shortlist, teacher_shortlist_weights), scored for
+    # every variant whose head type has them
+    variant_ceilings: list[str] = field(default_factory=list)
     variants: dict[str, list[str]] = field(default_factory=dict)
     table_name: str = "quality_ablation"  # results/<table_name>.{md,csv}
 

@@ -5,12 +5,16 @@ import math
 import pytest
 import torch
 
+from spellm_exp.config import HeadKind, HeadsConfig
 from spellm_exp.core.ceilings import (
     mixture_components,
     teacher_marginals,
     teacher_mixture,
+    teacher_shortlist,
 )
 from spellm_exp.core.charset import Alphabet, CharsetKind
+from spellm_exp.evaluation.harness import SpeLLMEvalError, SpeLLMHarnessLM
+from spellm_exp.experiments.ablation import check_ceilings
 from spellm_exp.core.scoring import encode_pair, score_requests
 from spellm_exp.core.spellm import SpeLLM
 
@@ -85,3 +89,68 @@ def test_mixture_names():
     assert mixture_components("teacher_mixture_8") == 8 and mixture_components("teacher_marginals") is None
     with pytest.raises(ValueError, match=r"needs M >= 2"):
         mixture_components("teacher_mixture_1")
+
+
+@pytest.fixture(scope="module")
+def shortlisted(tiny_teacher, setting):
+    """A shortlist SpeLLM on the same teacher whose shortlist is the teacher's 5 likeliest tokens here (as counts)."""
+    q = setting[4]
+    counts = torch.zeros(q.shape[0])
+    counts[_unique_spellings(setting[2], setting[3], q.topk(20).indices.tolist())[:5]] = 1.0
+    return SpeLLM.build(tiny_teacher("tiny_llama"), LETTERS, k=4, heads=HeadsConfig(kind=HeadKind.shortlist,
+                                                                                     shortlist=5), counts=counts)
+
+
+def test_teacher_shortlist_by_hand(setting, shortlisted):
+    """p(s) = q(l) [s = S[l]] for the shortlist tokens l, + q(rest) prod_i r_i(s_i), r the rest's marginals."""
+    _, logits, table, spellable, q = setting
+    heads = shortlisted.heads
+    ceiling = teacher_shortlist(logits, table, spellable, LETTERS.size, heads)
+    listed = heads.token_ids.tolist()
+    rest = q.clone()
+    rest[listed] = 0
+    rest_mass = rest.sum()
+    rest = rest / rest_mass
+    torch.testing.assert_close(ceiling.log_weights[0].double().exp(), torch.cat([q[listed], rest_mass.view(1)]),
+                               atol=1e-6, rtol=1e-5)
+    for t in _unique_spellings(table, spellable, q.topk(12).indices.tolist()):
+        product = 1.0
+        for i, symbol in enumerate(table[t].tolist()):
+            product *= rest[table[:, i] == symbol].sum().item()
+        expected = q[t].item() * (t in listed) + rest_mass.item() * product
+        assert ceiling.log_prob(table[[t]].unsqueeze(0))[0, 0].item() == pytest.approx(math.log(expected), rel=1e-4)
+
+
+def test_the_shortlist_weights_hybrid_keeps_the_teachers_weights_and_the_heads_rest(setting, shortlisted):
+    with torch.no_grad():
+        hidden = shortlisted.causal_lm.base_model(torch.tensor([encode_pair(shortlisted.tokenizer, "The cat", " sat")[0]]
+                                                               )).last_hidden_state[0, -1:]
+        ceiling = shortlisted.strings(hidden, "teacher_shortlist")
+        hybrid = shortlisted.strings(hidden, "teacher_shortlist_weights")
+        heads = shortlisted.strings(hidden, "heads")
+    torch.testing.assert_close(hybrid.log_weights, ceiling.log_weights)
+    torch.testing.assert_close(hybrid.rest.log_probs, heads.rest.log_probs)
+    assert not torch.allclose(hybrid.rest.log_probs, ceiling.rest.log_probs)
+    requests = [("The cat", " sat"), ("Once upon a", " time")]
+    scores = {source: [r.logprob for r in score_requests(shortlisted, requests, source=source)]
+              for source in ("heads", "teacher_shortlist", "teacher_shortlist_weights")}
+    assert all(math.isfinite(x) for values in scores.values() for x in values)
+    assert scores["teacher_shortlist"] != pytest.approx(scores["teacher_shortlist_weights"])
+
+
+def test_the_shortlist_ceilings_need_shortlist_heads(setting):
+    linear = setting[0]
+    with pytest.raises(ValueError, match=r"needs a SpeLLM with shortlist heads"):
+        score_requests(linear, [("The cat", " sat")], source="teacher_shortlist")
+    with pytest.raises(SpeLLMEvalError, match=r"needs a checkpoint with shortlist heads"):
+        SpeLLMHarnessLM(variant="teacher_shortlist_weights", spellm=linear)
+
+
+def test_the_ablation_checks_its_ceiling_names_before_training():
+    check_ceilings(["teacher_marginals", "teacher_mixture_8"], ["teacher_shortlist", "teacher_shortlist_weights"])
+    with pytest.raises(ValueError, match=r"put it in variant_ceilings"):
+        check_ceilings(["teacher_shortlist"], [])
+    with pytest.raises(ValueError, match=r"needs M >= 2"):
+        check_ceilings(["teacher_mixture_1"], [])
+    with pytest.raises(ValueError, match=r"variant_ceilings: teacher_marginals is unknown"):
+        check_ceilings([], ["teacher_marginals"])

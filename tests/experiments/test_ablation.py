@@ -20,20 +20,26 @@ def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_pat
         cfg = compose(config_name="ablation", overrides=[
             "tasks=[arc_easy,lambada_openai]", "limit=3", f"paths.cache_dir={cache_dir}",
             f"paths.output_dir={tmp_path}/outputs", f"paths.results_dir={tmp_path}/results",
-            "ceilings=[teacher_marginals,teacher_mixture_2]", "other_scores=[vocab_normalized]"])
+            "ceilings=[teacher_marginals,teacher_mixture_2]", "other_scores=[vocab_normalized]",
+            "variant_ceilings=[teacher_shortlist,teacher_shortlist_weights]"])
     with open_dict(cfg):  # the first variant has overrides here, so every run gets its own suffix
         cfg.variants = {"linear": TINY, "mixture_2": [*TINY, "heads=mixture", "heads.components=2"],
-                        "autoregressive": [*TINY, "heads=autoregressive", "heads.decoder_size=8"]}
+                        "autoregressive": [*TINY, "heads=autoregressive", "heads.decoder_size=8"],
+                        "shortlist": [*TINY, "heads=shortlist", "heads.shortlist=16"]}
     write_ablation_table(cfg, "test")
 
     runs = tmp_path / "outputs" / "train"
     assert sorted(p.name for p in runs.iterdir()) == [
-        "smollm2_k16_quick_autoregressive", "smollm2_k16_quick_linear", "smollm2_k16_quick_mixture_2"]
+        "smollm2_k16_quick_autoregressive", "smollm2_k16_quick_linear", "smollm2_k16_quick_mixture_2",
+        "smollm2_k16_quick_shortlist"]
     tidy = pd.read_csv(tmp_path / "results" / "quality_ablation.csv")
     assert set(tidy["variant"]) >= {"teacher", "teacher_marginals", "teacher_mixture_2",
                                     "teacher_marginals, score=vocab_normalized", "spellm linear",
                                     "spellm linear, score=vocab_normalized", "spellm mixture_2",
-                                    "spellm autoregressive", "spellm mixture_2 - teacher"}
+                                    "spellm autoregressive", "spellm mixture_2 - teacher",
+                                    # the shortlist variant's own ceilings (variant_ceilings), only for that one
+                                    "teacher_shortlist (shortlist)", "teacher_shortlist_weights (shortlist)"}
+    assert not any(v.startswith("teacher_shortlist (") and "shortlist)" not in v for v in tidy["variant"])
     markdown = (tmp_path / "results" / "quality_ablation.md").read_text()
     assert "## Training" in markdown and "heads.components=2" in markdown
     training = markdown.split("## Training")[1]  # variant, overrides, heads, trainable, steps, minutes, objective
@@ -44,8 +50,8 @@ def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_pat
 
     # a second run re-uses every finished run and evaluation
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")}
-    # teacher, 2 ceilings, 1 ceiling score, 3 SpeLLMs, 1 other score
-    assert len(stamps) == 8
+    # teacher, 2 ceilings, 1 ceiling score, 4 SpeLLMs, 1 other score, the shortlist's 2 ceilings
+    assert len(stamps) == 11
     write_ablation_table(cfg, "test")
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")} == stamps
 

@@ -18,10 +18,13 @@ import re
 
 import torch
 
-from spellm_exp.core.heads import Factorised, StringDistribution, _argmax, vocab_scores
+from spellm_exp.core.heads import Factorised, Shortlist, ShortlistHeads, StringDistribution, _argmax, vocab_scores
 from spellm_exp.core.losses import head_marginals
 
 TEACHER_MARGINALS = "teacher_marginals"
+TEACHER_SHORTLIST = "teacher_shortlist"
+TEACHER_SHORTLIST_WEIGHTS = "teacher_shortlist_weights"
+SHORTLIST_SOURCES = (TEACHER_SHORTLIST, TEACHER_SHORTLIST_WEIGHTS)
 _MIXTURE = re.compile(r"teacher_mixture_(\d+)$")
 
 
@@ -37,7 +40,7 @@ def mixture_components(source: str) -> int | None:
 
 
 def is_ceiling(source: str) -> bool:
-    return source == TEACHER_MARGINALS or mixture_components(source) is not None
+    return source in (TEACHER_MARGINALS, *SHORTLIST_SOURCES) or mixture_components(source) is not None
 
 
 class TeacherMixture(StringDistribution):
@@ -90,6 +93,22 @@ def teacher_mixture(teacher_logits: torch.Tensor, table: torch.Tensor, spellable
     rest = head_marginals(rest_logits, table, spellable, n_symbols, matrix=matrix).marginals
     full = head_marginals(logits, table, spellable, n_symbols, matrix=matrix).marginals
     return TeacherMixture(top_ids, table[top_ids], top_log_probs, rest_log_mass, _log(rest), _log(full))
+
+
+def teacher_shortlist(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,
+                      heads: ShortlistHeads, matrix: torch.Tensor | None = None) -> Shortlist:
+    """The `teacher_shortlist` distribution of `heads`' shortlist from teacher logits [n, |V|]: log weights
+    [log q(l) for the shortlist tokens l, log q(rest)] and the rest's log-marginals. A token that spells the
+    same string as a shortlist token is part of the rest (the shortlist keeps one token per string)."""
+    logits = teacher_logits.float().masked_fill(~spellable, -math.inf)
+    log_q = torch.log_softmax(logits, dim=-1)
+    ids = heads.token_ids.to(log_q.device)
+    rest_log_q = log_q.index_fill(-1, ids, -math.inf)
+    rest_log_mass = torch.logsumexp(rest_log_q, dim=-1, keepdim=True)
+    # where the shortlist holds all the mass, any distribution does for the rest (its weight is 0)
+    rest_logits = torch.where(torch.isfinite(rest_log_mass), rest_log_q, log_q)
+    rest = head_marginals(rest_logits, table, spellable, n_symbols, matrix=matrix).marginals
+    return Shortlist(heads, torch.cat([log_q[:, ids], rest_log_mass], dim=-1), _log(rest))
 
 
 def teacher_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,

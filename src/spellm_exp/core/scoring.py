@@ -111,7 +111,8 @@ def score_token_requests(spellm: nn.Module, pairs: list[tuple[list[int], list[in
     if mode not in MODES:
         raise ValueError(f"score={mode} is unknown; use one of {MODES}.")
     if source != "heads" and not is_ceiling(source):  # where the string distribution comes from (SpeLLM.strings)
-        raise ValueError(f"source={source} is unknown; use heads, teacher_marginals or teacher_mixture_M.")
+        raise ValueError(f"source={source} is unknown; use heads, teacher_marginals, teacher_mixture_M, "
+                         "teacher_shortlist or teacher_shortlist_weights.")
     spelling = spellm.spelling
     prepared, owners, n_resegmented = [], [], {}
     results: list[ScoreResult | None] = [None] * len(pairs)

@@ -18,10 +18,13 @@ from torch import nn
 from spellm_exp.config import HeadInit, HeadKind, HeadsConfig, ModelConfig
 from spellm_exp.core.backbone import run_backbone, teacher_head
 from spellm_exp.core.ceilings import (
+    SHORTLIST_SOURCES,
     TEACHER_MARGINALS,
+    TEACHER_SHORTLIST_WEIGHTS,
     mixture_components,
     teacher_marginals,
     teacher_mixture,
+    teacher_shortlist,
 )
 from spellm_exp.core.charset import (
     Alphabet,
@@ -31,6 +34,8 @@ from spellm_exp.core.charset import (
 )
 from spellm_exp.core.heads import (
     OutputHeads,
+    Shortlist,
+    ShortlistHeads,
     StringDistribution,
     build_heads,
     settings_dict,
@@ -105,18 +110,28 @@ class SpeLLM(nn.Module):
     def strings(self, hidden: torch.Tensor, source: str = "heads") -> StringDistribution:
         """The distribution over Sigma^k at each position of hidden [n, d]: the heads' own (`heads`), or a
         ceiling built from the teacher's distribution (core.ceilings: `teacher_marginals`, the perfect
-        independent heads; `teacher_mixture_M`), which measures what a head type could reach at best."""
+        independent heads; `teacher_mixture_M`; for shortlist heads `teacher_shortlist` and the hybrid
+        `teacher_shortlist_weights`), which measures what a head type could reach at best."""
         if source == "heads":
             return self.heads(hidden)
+        components = mixture_components(source)
+        if source not in (TEACHER_MARGINALS, *SHORTLIST_SOURCES) and components is None:
+            raise ValueError(f"source={source} is unknown; use heads, {TEACHER_MARGINALS}, teacher_mixture_M or "
+                             f"(shortlist heads) {' or '.join(SHORTLIST_SOURCES)}.")
+        if source in SHORTLIST_SOURCES and not isinstance(self.heads, ShortlistHeads):
+            raise ValueError(f"source={source} needs a SpeLLM with shortlist heads (heads=shortlist); this one has "
+                             f"{self.heads.kind.value} heads.")
         if self._marginal_matrix is None:
             self._marginal_matrix = spelling_matrix(self.spelling_table, self.alphabet.size)
         args = (self.teacher_logits(hidden), self.spelling_table, self.spellable, self.alphabet.size)
         if source == TEACHER_MARGINALS:
             return teacher_marginals(*args, matrix=self._marginal_matrix)
-        components = mixture_components(source)
-        if components is None:
-            raise ValueError(f"source={source} is unknown; use heads, {TEACHER_MARGINALS} or teacher_mixture_M.")
-        return teacher_mixture(*args, components, matrix=self._marginal_matrix)
+        if components is not None:
+            return teacher_mixture(*args, components, matrix=self._marginal_matrix)
+        ceiling = teacher_shortlist(*args, self.heads, matrix=self._marginal_matrix)
+        if source == TEACHER_SHORTLIST_WEIGHTS:  # the teacher's weights, the trained heads' rest spelling
+            return Shortlist(self.heads, ceiling.log_weights, self.heads(hidden).rest.logits)
+        return ceiling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 return_teacher_logits: bool = False, **backbone_kwargs) -> SpeLLMOutput:

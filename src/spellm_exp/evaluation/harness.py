@@ -6,8 +6,10 @@ lm-eval's HFLM does; `variant=spellm` scores through the k character heads with 
 segmentation of method.md, and generates with the shared decode loop. The ceiling variants score like
 `spellm` but with a distribution built from the teacher in place of the heads (core.ceilings,
 loglikelihood tasks only): `teacher_marginals`, the teacher's own per-head marginals (perfect
-independent heads: what the factorisation itself costs), and `teacher_mixture_M` (its top M-1 tokens
-exact plus a product of the rest: what a mixture of M products could reach).
+independent heads: what the factorisation itself costs), `teacher_mixture_M` (its top M-1 tokens
+exact plus a product of the rest: what a mixture of M products could reach), and for a shortlist SpeLLM
+`teacher_shortlist` (its shortlist's ceiling) and `teacher_shortlist_weights` (the teacher's weights, the
+heads' rest spelling).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from spellm_exp.core.ceilings import is_ceiling
+from spellm_exp.core.ceilings import SHORTLIST_SOURCES, is_ceiling
 from spellm_exp.core.charset import TokenSpellings
 from spellm_exp.core.decoding import Decoder, SpeLLMHead, TeacherHead
+from spellm_exp.core.heads import ShortlistHeads
 from spellm_exp.core.scoring import (
     MODES,
     encode_pair,
@@ -31,7 +34,7 @@ from spellm_exp.core.scoring import (
 from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder
 from spellm_exp.teachers import ModelConfig, Teacher, load_teacher
 
-VARIANTS = ("teacher", "spellm", "teacher_marginals", "teacher_mixture_M")
+VARIANTS = ("teacher", "spellm", "teacher_marginals", "teacher_mixture_M", *SHORTLIST_SOURCES)
 
 
 class SpeLLMEvalError(ValueError):
@@ -41,7 +44,7 @@ class SpeLLMEvalError(ValueError):
 @register_model("spellm")
 class SpeLLMHarnessLM(LM):
     """`--model spellm --model_args checkpoint=<run or spellm folder>[,variant=teacher|spellm|teacher_marginals|
-    teacher_mixture_M,...]`."""
+    teacher_mixture_M|teacher_shortlist|teacher_shortlist_weights,...]`."""
 
     def __init__(self, checkpoint: str | None = None, model: str | None = None, variant: str = "spellm",
                  batch_size: int | str = 8, score: str = "product", decode_mode: str = "free",
@@ -59,6 +62,9 @@ class SpeLLMHarnessLM(LM):
             spellm, teacher = _load(checkpoint, model, variant, cache_dir)
         if variant != "teacher" and spellm is None:
             raise SpeLLMEvalError(f"variant={variant} needs a SpeLLM checkpoint: checkpoint=<folder>.")
+        if variant in SHORTLIST_SOURCES and not isinstance(spellm.heads, ShortlistHeads):
+            raise SpeLLMEvalError(f"variant={variant} needs a checkpoint with shortlist heads (heads=shortlist); "
+                                  f"this one has {spellm.heads.kind.value} heads.")
         self.spellm, self.variant = spellm, variant
         self.causal_lm = spellm.causal_lm if spellm is not None else teacher.model
         self.tokenizer = spellm.tokenizer if spellm is not None else teacher.tokenizer

@@ -2,7 +2,8 @@
 
 Scores, on the same documents and with the same harness code: the teacher; the ceilings, built from the
 teacher's own distribution with no training (`teacher_marginals`: perfect independent heads, so what the
-factorisation alone costs; `teacher_mixture_M`: what a mixture of M products could reach); and one
+factorisation alone costs; `teacher_mixture_M`: what a mixture of M products could reach; for each
+shortlist variant, `teacher_shortlist` and `teacher_shortlist_weights` with its own shortlist); and one
 SpeLLM per variant of the config (head types in `conf/ablation.yaml`, training variants in
 `conf/ablation_training.yaml`), each reused, resumed or distilled. reporting.ablation turns them into
 results/<table_name>.{md,csv}.
@@ -16,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from spellm_exp.core.heads import heads_label
+from spellm_exp.core.ceilings import SHORTLIST_SOURCES, is_ceiling
+from spellm_exp.core.heads import ShortlistHeads, heads_label
 from spellm_exp.core.spellm import SpeLLM
 from spellm_exp.evaluation.harness import SpeLLMHarnessLM
 from spellm_exp.evaluation.run import evaluate_or_reuse
@@ -58,8 +60,20 @@ def token_kl_curve(run_dir: Path) -> str:
     return " / ".join(f"{step + 1}: {value:.2f}" for step, value in curve.items())
 
 
+def check_ceilings(ceilings: list[str], variant_ceilings: list[str]) -> None:
+    """Fails, before any training, on a ceiling name the ablation cannot score."""
+    for name in ceilings:
+        if name in SHORTLIST_SOURCES or not is_ceiling(name):  # is_ceiling raises on teacher_mixture_1
+            raise ValueError(f"ceilings: {name} is not a teacher ceiling; use teacher_marginals or "
+                             f"teacher_mixture_M (M >= 2){' (put it in variant_ceilings)' if name in SHORTLIST_SOURCES else ''}.")
+    for name in variant_ceilings:
+        if name not in SHORTLIST_SOURCES:
+            raise ValueError(f"variant_ceilings: {name} is unknown; use {' or '.join(SHORTLIST_SOURCES)}.")
+
+
 def evaluate_variants(cfg: DictConfig, tasks: list[str], config: dict) -> tuple[str, str, dict]:
     """(teacher description, SpeLLM label, {row name: (evaluation folder, training metrics when it trained)})."""
+    check_ceilings(list(cfg.ceilings), list(cfg.variant_ceilings))
     common = dict(batch_size=cfg.batch_size, score=cfg.score)
 
     def scored(lm: SpeLLMHarnessLM, out_dir: Path) -> Path:  # a finished evaluation with the same settings is reused
@@ -89,6 +103,9 @@ def evaluate_variants(cfg: DictConfig, tasks: list[str], config: dict) -> tuple[
         spellm = SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir)
         lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common)
         overrides = {"overrides": " ".join(cfg.variants[name]) or "-"}
+        for ceiling in cfg.variant_ceilings if isinstance(spellm.heads, ShortlistHeads) else ():
+            rows[f"{ceiling} ({name})"] = (scored(SpeLLMHarnessLM(variant=ceiling, spellm=spellm, **common),
+                                                  run_dir / EVAL_DIR / ceiling), {})
         rows[f"spellm {name}"] = (scored(lm, run_dir / EVAL_DIR / "spellm"),
                                   {**overrides, **training_metrics(run_dir, spellm)})
         for mode in cfg.other_scores if position == 0 else ():  # the scoring options, on the first variant's heads

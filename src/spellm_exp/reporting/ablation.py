@@ -45,7 +45,11 @@ def write_ablation_table(cfg: DictConfig, command: str) -> list[Path]:
         "the gap from the teacher to it is what the factorisation costs; the gap from it to a SpeLLM is what "
         "the heads (or adapters) failed to learn. `teacher_mixture_M` (no training either): the teacher's top "
         "M-1 spellable tokens spelled exactly, weighted by their probabilities, plus one product of the marginals "
-        "of the rest of its mass: the ceiling of `heads=mixture` with M components. `score=vocab_normalized` "
+        "of the rest of its mass: the ceiling of `heads=mixture` with M components. `teacher_shortlist (v)`: the "
+        "teacher's probabilities of variant v's shortlist tokens exactly, plus its rest mass spelled by the product "
+        "of the rest's marginals (the ceiling of that shortlist); `teacher_shortlist_weights (v)`: the teacher's "
+        "shortlist and rest weights with v's trained rest heads (from it to the ceiling: what the rest heads lose; "
+        "from v to it: what v's shortlist logits and gate lose). `score=vocab_normalized` "
         "renormalises over the vocabulary's spellings.",
         "Differences: mean of the paired per-document differences to the teacher ± standard error.",
         "Training metrics are the last validation of each run (`agree teacher (chars)`: top-1 agreement with "
