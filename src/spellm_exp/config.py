@@ -58,6 +58,9 @@ class HeadsConfig:
     components: int = 4  # mixture: M
     decoder_size: int = 128  # autoregressive: width r of the character decoder
     shortlist: int = 4096  # shortlist: L, the most frequent tokens (of the distillation text) scored as tokens
+    # shortlist: what spells the rest: linear (k independent heads) | autoregressive (those heads plus the
+    # character decoder of the autoregressive type, width decoder_size)
+    rest: HeadKind = HeadKind.linear
 
 
 # --- teachers ----------------------------------------------------------------------------------
@@ -120,6 +123,9 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     cache_features: bool = False  # heads only: keep the frozen backbone's outputs on disk for later runs
     cache_targets: bool = False  # with cache_features: keep the teacher's targets too (long runs over few blocks)
+    # a SpeLLM checkpoint (run or spellm folder) of the same teacher, k and alphabet whose head parameters of the
+    # same name and shape start this run (e.g. a trained shortlist's rows, gate and heads under a new decoder)
+    init_from: str | None = None
 
 
 class LossObjective(str, Enum):

@@ -18,7 +18,7 @@ from spellm_exp.core.charset import (
     SpellingTable,
     TokenSpellings,
 )
-from spellm_exp.core.heads import LinearHeads, build_heads, settings_dict
+from spellm_exp.core.heads import Autoregressive, LinearHeads, build_heads, heads_label, settings_dict
 
 K, SYMBOLS, D = 4, 7, 16
 
@@ -76,8 +76,11 @@ def test_unembedding_mean_init_by_hand():
 # --- every head type ------------------------------------------------------------------------------
 TINY_K, TINY_SIGMA, TINY_D = 3, 4, 6
 ALL_STRINGS = torch.tensor(list(itertools.product(range(TINY_SIGMA), repeat=TINY_K)))  # [|Sigma|^k, k]
-SETTINGS = {kind: HeadsConfig(kind=kind, trunk_multiple=2, components=3, decoder_size=8, shortlist=5)
+SETTINGS = {kind.value: HeadsConfig(kind=kind, trunk_multiple=2, components=3, decoder_size=8, shortlist=5)
             for kind in HeadKind}
+# the shortlist with the autoregressive type's character decoder spelling its rest
+SETTINGS["shortlist+autoregressive"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5,
+                                                   rest=HeadKind.autoregressive, decoder_size=8)
 
 
 def _random_heads(kind: HeadKind, seed: int):
@@ -93,7 +96,7 @@ def _all_string_log_probs(heads, hidden):
     return heads(hidden).log_prob(ALL_STRINGS.expand(hidden.shape[0], -1, -1))  # [n, |Sigma|^k]
 
 
-@pytest.mark.parametrize("kind", list(HeadKind))
+@pytest.mark.parametrize("kind", list(SETTINGS))
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_probabilities_over_all_strings_sum_to_one(kind, seed):
@@ -103,7 +106,7 @@ def test_probabilities_over_all_strings_sum_to_one(kind, seed):
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(4), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", list(HeadKind))
+@pytest.mark.parametrize("kind", list(SETTINGS))
 def test_log_prob_of_given_strings_equals_the_enumeration(kind):
     heads, hidden = _random_heads(kind, 1), torch.randn(3, TINY_D)
     picks = torch.tensor([[5, 17, 40], [0, 63, 2], [9, 9, 33]])  # rows of ALL_STRINGS per position
@@ -143,6 +146,25 @@ def test_mixture_greedy_is_the_best_component_argmax_by_the_whole_mixture():
         assert torch.equal(strings.greedy(forbid_pad_first=False), expected)
 
 
+def test_a_shortlist_with_an_autoregressive_rest_greedily_picks_the_better_of_its_two_candidates():
+    heads, hidden = _random_heads("shortlist+autoregressive", 7), torch.randn(6, TINY_D)
+    with torch.no_grad():
+        strings = heads(hidden)
+        assert isinstance(strings.rest, Autoregressive)
+        candidates = torch.stack([heads.strings[strings.log_weights[:, :-1].argmax(-1)],
+                                  strings.rest.greedy(forbid_pad_first=False)], dim=1)
+        scores = strings.log_prob(candidates)
+        expected = candidates[torch.arange(6), scores.argmax(-1)]
+        assert torch.equal(strings.greedy(forbid_pad_first=False), expected)
+    assert heads_label(heads.settings()) == "shortlist-5+autoregressive-8"
+    # the decoder's parameters and FLOPs come on top of the shortlist with linear rest heads
+    plain = build_heads(SETTINGS["shortlist"], TINY_K, TINY_SIGMA, TINY_D)
+    r = 8
+    assert heads.num_parameters() - plain.num_parameters() == (TINY_D * r + r) + TINY_K * r + 2 * TINY_K * TINY_SIGMA * r \
+        + TINY_K * TINY_SIGMA
+    assert heads.decode_flops() - plain.decode_flops() == 2 * TINY_D * r + TINY_K * (2 * TINY_SIGMA * r + 2 * r)
+
+
 def test_autoregressive_greedy_takes_each_conditional_argmax_and_ends_with_pad():
     heads, hidden = _random_heads(HeadKind.autoregressive, 5), torch.randn(6, TINY_D)
     with torch.no_grad():
@@ -158,7 +180,7 @@ def test_autoregressive_greedy_takes_each_conditional_argmax_and_ends_with_pad()
     assert every[:, (ALL_STRINGS[:, 0] == PAD) & (ALL_STRINGS[:, 1] != PAD)].exp().max() == 0
 
 
-@pytest.mark.parametrize("kind", list(HeadKind))
+@pytest.mark.parametrize("kind", list(SETTINGS))
 def test_vocab_log_probs_are_the_spellings_scores(kind):
     heads, hidden = _random_heads(kind, 6), torch.randn(2, TINY_D)
     table = ALL_STRINGS[[3, 10, 25, 40, 63]]
@@ -170,15 +192,16 @@ def test_vocab_log_probs_are_the_spellings_scores(kind):
     assert torch.isinf(scores[:, 2]).all()
 
 
-@pytest.mark.parametrize("kind", list(HeadKind))
-def test_every_type_starts_as_the_linear_heads_product_or_a_noisy_copy(kind):
+@pytest.mark.parametrize("kind,rest", [(kind, HeadKind.linear) for kind in HeadKind]
+                         + [(HeadKind.shortlist, HeadKind.autoregressive)])
+def test_every_type_starts_as_the_linear_heads_product_or_a_noisy_copy(kind, rest):
     spelled = TokenSpellings(pieces=(None, b"a", b"ab", b"b"), end_ids=frozenset({0}), eos_id=0)
     table = SpellingTable(spelled, Alphabet(CharsetKind.chars, ("a", "b")), k=2)
     torch.manual_seed(0)
     unembedding = torch.randn(4, 5)
     linear = LinearHeads(2, 4, 5)
     linear.init_from_unembedding(unembedding, table)
-    heads = build_heads(HeadsConfig(kind=kind, components=2, shortlist=2), 2, 4, 5)
+    heads = build_heads(HeadsConfig(kind=kind, components=2, shortlist=2, rest=rest), 2, 4, 5)
     heads.fit_vocabulary(table)
     heads.init_from_unembedding(unembedding, table)
     hidden = torch.randn(3, 5)
@@ -190,8 +213,7 @@ def test_every_type_starts_as_the_linear_heads_product_or_a_noisy_copy(kind):
     if kind is HeadKind.mixture:  # components are the linear init plus 10% noise
         assert (got - expected).abs().max() < 0.5 and not torch.equal(got, expected)
     elif kind is HeadKind.shortlist:  # its rest is the linear heads; its tokens score with the teacher's own rows
-        rest = heads(hidden)
-        torch.testing.assert_close(rest.rest.logits, linear.logits(hidden))
+        torch.testing.assert_close(heads(hidden).rest.log_prob(strings), linear(hidden).log_prob(strings))
         torch.testing.assert_close(heads.weight, unembedding[heads.token_ids])
     else:
         torch.testing.assert_close(got, expected)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -18,13 +19,15 @@ HEADS = {"linear": ["heads=linear"], "mlp": ["heads=mlp", "heads.trunk_multiple=
          "shortlist": ["heads=shortlist", "heads.shortlist=64"]}
 
 
+SHORT_RUN = ("model=tiny_llama", "k=4", "trainer.max_steps=12", "trainer.val_check_interval=12",
+             "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "data.max_chars_per_source=20000",
+             "data.block_size=32", "data.batch_size=4", "data.val_blocks=4", "train.warmup_steps=1",
+             "train.lr=1e-2", "loss.top_k=8", "trainer.enable_progress_bar=false")
+
+
 @pytest.mark.parametrize("kind", list(HEADS))
 def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_dir, tmp_path):
-    cfg = _compose("model=tiny_llama", "k=4", "trainer.max_steps=12", "trainer.val_check_interval=12",
-                   "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "data.max_chars_per_source=20000",
-                   "data.block_size=32", "data.batch_size=4", "data.val_blocks=4", "train.warmup_steps=1",
-                   "train.lr=1e-2", "loss.top_k=8", "trainer.enable_progress_bar=false",
-                   f"paths.cache_dir={cache_dir}", *HEADS[kind])
+    cfg = _compose(*SHORT_RUN, f"paths.cache_dir={cache_dir}", *HEADS[kind])
     summary = distil(cfg, tmp_path)
     assert summary["heads"]["kind"] == kind
     assert summary["heads"]["loss_objective"] == ("marginal" if kind in ("linear", "mlp") else "token")
@@ -53,6 +56,9 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     (["heads=mixture", "heads.components=0"], r"heads.components=0 must be >= 1"),
     (["heads=autoregressive", "loss.top_k=0"], r"loss.top_k=0 must be >= 1"),
     (["heads=autoregressive", "loss.temperature=2"], r"loss.temperature=2.0: heads=autoregressive has no"),
+    (["heads=shortlist", "heads.rest=mixture"], r"heads.rest=mixture: the shortlist's rest is spelled by linear or"),
+    (["heads=shortlist", "heads.rest=autoregressive", "heads.decoder_size=0"], r"heads.decoder_size=0 must be >= 1"),
+    (["train.init_from=/no/such/run"], r"train.init_from=/no/such/run is not a SpeLLM checkpoint"),
 ])
 def test_bad_head_settings_fail_before_any_model_loads(overrides, message, monkeypatch):
     import spellm_exp.training.distill as train_module
@@ -60,6 +66,26 @@ def test_bad_head_settings_fail_before_any_model_loads(overrides, message, monke
     monkeypatch.setattr(train_module, "load_teacher", pytest.fail)
     with pytest.raises(ConfigError, match=message):
         check_train_config(_compose(*overrides))
+
+
+def test_a_shortlist_with_an_autoregressive_rest_trains_on_top_of_a_trained_shortlist(cache_dir, tmp_path):
+    """heads.rest=autoregressive with train.init_from=<a shortlist run>: the run starts from that run's tokens,
+    rows, gate and linear heads (the decoder at zero) and records the rest in its checkpoint."""
+    first = distil(_compose(*SHORT_RUN, f"paths.cache_dir={cache_dir}", *HEADS["shortlist"]), tmp_path / "linear")
+    second = distil(_compose(*SHORT_RUN, f"paths.cache_dir={cache_dir}", *HEADS["shortlist"],
+                             "heads.rest=autoregressive", "heads.decoder_size=16",
+                             f"train.init_from={tmp_path / 'linear'}"), tmp_path / "decoder")
+    assert second["heads"]["rest"] == "autoregressive" and second["heads"]["decoder_size"] == 16
+    assert "rest" not in first["heads"]
+    losses = pd.read_csv(tmp_path / "decoder" / "csv" / "metrics.csv")["train/loss"].dropna().to_numpy()
+    assert len(losses) == 12 and np.isfinite(losses).all()
+    # it started where the first run ended: its first losses are near the first run's last ones, not its first
+    first_losses = pd.read_csv(tmp_path / "linear" / "csv" / "metrics.csv")["train/loss"].dropna().to_numpy()
+    assert abs(losses[:3].mean() - first_losses[-3:].mean()) < abs(losses[:3].mean() - first_losses[:3].mean())
+    loaded = SpeLLM.load(tmp_path / "decoder" / "spellm", cache_dir=cache_dir)
+    original = SpeLLM.load(tmp_path / "linear" / "spellm", cache_dir=cache_dir)
+    assert loaded.heads.rest is HeadKind.autoregressive
+    assert torch.equal(loaded.heads.token_ids, original.heads.token_ids)
 
 
 def test_an_unknown_head_type_is_rejected_while_composing():

@@ -108,7 +108,7 @@ def teacher_shortlist(teacher_logits: torch.Tensor, table: torch.Tensor, spellab
     # where the shortlist holds all the mass, any distribution does for the rest (its weight is 0)
     rest_logits = torch.where(torch.isfinite(rest_log_mass), rest_log_q, log_q)
     rest = head_marginals(rest_logits, table, spellable, n_symbols, matrix=matrix).marginals
-    return Shortlist(heads, torch.cat([log_q[:, ids], rest_log_mass], dim=-1), _log(rest))
+    return Shortlist(heads, torch.cat([log_q[:, ids], rest_log_mass], dim=-1), Factorised(_log(rest)))
 
 
 def teacher_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,

@@ -185,8 +185,8 @@ class Mixture(StringDistribution):
 class Autoregressive(StringDistribution):
     """p(s) = prod_i p(s_i | h, s_<i) of `AutoregressiveHeads`, for hidden states [n, d]."""
 
-    def __init__(self, heads: AutoregressiveHeads, hidden: torch.Tensor):
-        self.heads = heads
+    def __init__(self, heads: AutoregressiveHeads | ShortlistHeads, hidden: torch.Tensor):
+        self.heads = heads  # a module with the linear heads and the decoder's parameters (add_character_decoder)
         self.base = heads.linear.logits(hidden)  # [n, k, S]
         self.context = heads.context(hidden)  # [n, r]
 
@@ -235,11 +235,12 @@ class Autoregressive(StringDistribution):
 
 
 class Shortlist(StringDistribution):
-    """sum over shortlist tokens l with S_l = s of w_l, plus w_rest prod_i p_i(s_i): log weights [n, L + 1] (the
-    rest last) and the rest's per-position logits [n, k, S], of `ShortlistHeads`."""
+    """sum over shortlist tokens l with S_l = s of w_l, plus w_rest p_rest(s): log weights [n, L + 1] (the rest
+    last) and the rest's distribution over Sigma^k (a product of per-position distributions, or the character
+    decoder's), of `ShortlistHeads`."""
 
-    def __init__(self, heads: ShortlistHeads, log_weights: torch.Tensor, rest_logits: torch.Tensor):
-        self.heads, self.log_weights, self.rest = heads, log_weights, Factorised(rest_logits)
+    def __init__(self, heads: ShortlistHeads, log_weights: torch.Tensor, rest: StringDistribution):
+        self.heads, self.log_weights, self.rest = heads, log_weights, rest
 
     @property
     def device_tensor(self) -> torch.Tensor:
@@ -254,15 +255,16 @@ class Shortlist(StringDistribution):
     def greedy(self, forbid_pad_first: bool = True) -> torch.Tensor:
         """The better, by p(s), of the most likely shortlist token's string and the rest's argmax string."""
         best = self.heads.strings[self.log_weights[:, :-1].argmax(-1)]  # [n, k]
-        candidates = torch.stack([best, _argmax(self.rest.logits, forbid_pad_first)], dim=1)  # [n, 2, k]
+        candidates = torch.stack([best, self.rest.greedy(forbid_pad_first)], dim=1)  # [n, 2, k]
         pick = self.log_prob(candidates).argmax(-1)
         return candidates[torch.arange(candidates.shape[0], device=pick.device), pick]
 
     def _marginal_log_probs(self) -> torch.Tensor:
         weights = self.log_weights.float().exp()
-        n, (k, symbols) = weights.shape[0], self.rest.logits.shape[1:]
+        rest = self.rest.marginal_log_probs().exp()  # the decoder's: its greedy path's steps
+        n, (k, symbols) = weights.shape[0], rest.shape[1:]
         shortlist = torch.sparse.mm(self.heads.symbol_matrix(), weights[:, :-1].T.contiguous()).T
-        mixed = shortlist.reshape(n, k, symbols) + weights[:, -1:, None] * self.rest.log_probs.exp()
+        mixed = shortlist.reshape(n, k, symbols) + weights[:, -1:, None] * rest
         return mixed.clamp(min=1e-30).log()
 
 
@@ -423,11 +425,7 @@ class AutoregressiveHeads(OutputHeads):
         super().__init__(k, n_symbols, hidden_size)
         self.decoder_size = decoder_size
         self.linear = LinearHeads(k, n_symbols, hidden_size, dtype)
-        self.context = nn.Linear(hidden_size, decoder_size, dtype=dtype)
-        self.position = nn.Parameter(torch.zeros(k, decoder_size, dtype=dtype))
-        self.embedding = nn.Parameter(torch.randn(k, n_symbols, decoder_size, dtype=dtype) * decoder_size**-0.5)
-        self.out_weight = nn.Parameter(torch.zeros(k, n_symbols, decoder_size, dtype=dtype))
-        self.out_bias = nn.Parameter(torch.zeros(k, n_symbols, dtype=dtype))
+        add_character_decoder(self, decoder_size, dtype)
 
     def settings(self) -> HeadsConfig:
         return HeadsConfig(kind=self.kind, decoder_size=self.decoder_size)
@@ -439,8 +437,23 @@ class AutoregressiveHeads(OutputHeads):
         self.linear.init_from_unembedding(unembedding, spelling)
 
     def decode_flops(self) -> int:
-        per_step = 2 * self.n_symbols * self.decoder_size + 2 * self.decoder_size
-        return self.linear.decode_flops() + 2 * self.hidden_size * self.decoder_size + self.k * per_step
+        return self.linear.decode_flops() + character_decoder_flops(self)
+
+
+def add_character_decoder(module: OutputHeads, decoder_size: int, dtype: torch.dtype) -> None:
+    """The autoregressive type's character decoder on `module` (beside its `linear` heads): C (context), Q_i
+    (position), E_j (embedding), U_i and its bias (out_weight, out_bias; zero, so it starts as the linear heads)."""
+    k, n_symbols = module.k, module.n_symbols
+    module.context = nn.Linear(module.hidden_size, decoder_size, dtype=dtype)
+    module.position = nn.Parameter(torch.zeros(k, decoder_size, dtype=dtype))
+    module.embedding = nn.Parameter(torch.randn(k, n_symbols, decoder_size, dtype=dtype) * decoder_size**-0.5)
+    module.out_weight = nn.Parameter(torch.zeros(k, n_symbols, decoder_size, dtype=dtype))
+    module.out_bias = nn.Parameter(torch.zeros(k, n_symbols, dtype=dtype))
+
+
+def character_decoder_flops(module: OutputHeads) -> int:
+    r = module.context.out_features
+    return 2 * module.hidden_size * r + module.k * (2 * module.n_symbols * r + 2 * r)
 
 
 class ShortlistHeads(OutputHeads):
@@ -453,16 +466,21 @@ class ShortlistHeads(OutputHeads):
     kind = HeadKind.shortlist
 
     def __init__(self, k: int, n_symbols: int, hidden_size: int, shortlist: int = 4096,
-                 dtype: torch.dtype = torch.float32):
+                 rest: HeadKind | str = HeadKind.linear, decoder_size: int = 128, dtype: torch.dtype = torch.float32):
         super().__init__(k, n_symbols, hidden_size)
         if shortlist < 1:
             raise ValueError(f"heads.shortlist={shortlist}: a shortlist needs at least one token.")
-        self.size = shortlist
+        if HeadKind(rest) not in (HeadKind.linear, HeadKind.autoregressive):
+            raise ValueError(f"heads.rest={HeadKind(rest).value}: the shortlist's rest is spelled by linear or "
+                             "autoregressive heads.")
+        self.size, self.rest = shortlist, HeadKind(rest)
         self.weight = nn.Parameter(torch.empty(shortlist, hidden_size, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(shortlist, dtype=dtype))
         nn.init.normal_(self.weight, std=hidden_size**-0.5)
         self.gate = nn.Linear(hidden_size, 1, dtype=dtype)
         self.linear = LinearHeads(k, n_symbols, hidden_size, dtype)
+        if self.rest is HeadKind.autoregressive:
+            add_character_decoder(self, decoder_size, dtype)
         # until fit_vocabulary: distinct placeholder strings (the base-|Sigma| digits of 1..L)
         digits = (torch.arange(1, shortlist + 1).unsqueeze(1) // n_symbols ** torch.arange(k)) % n_symbols
         self.register_buffer("token_ids", torch.arange(shortlist))
@@ -471,6 +489,9 @@ class ShortlistHeads(OutputHeads):
         self._index_key, self._index = None, None
 
     def settings(self) -> HeadsConfig:
+        if self.rest is HeadKind.autoregressive:
+            return HeadsConfig(kind=self.kind, shortlist=self.size, rest=self.rest,
+                               decoder_size=self.context.out_features)
         return HeadsConfig(kind=self.kind, shortlist=self.size)
 
     @torch.no_grad()
@@ -518,7 +539,9 @@ class ShortlistHeads(OutputHeads):
 
     def forward(self, hidden: torch.Tensor) -> Shortlist:
         scores = torch.cat([F.linear(hidden, self.weight, self.bias), self.gate(hidden)], dim=-1)
-        return Shortlist(self, F.log_softmax(scores.float(), dim=-1), self.linear.logits(hidden))
+        rest = Autoregressive(self, hidden) if self.rest is HeadKind.autoregressive else Factorised(
+            self.linear.logits(hidden))
+        return Shortlist(self, F.log_softmax(scores.float(), dim=-1), rest)
 
     @torch.no_grad()
     def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
@@ -535,7 +558,8 @@ class ShortlistHeads(OutputHeads):
         self.gate.bias.fill_(math.log(max(rows.shape[0], 1)))
 
     def decode_flops(self) -> int:
-        return 2 * (self.size + 1) * self.hidden_size + self.linear.decode_flops()
+        decoder = character_decoder_flops(self) if self.rest is HeadKind.autoregressive else 0
+        return 2 * (self.size + 1) * self.hidden_size + self.linear.decode_flops() + decoder
 
 
 FACTORISED_KINDS = frozenset({HeadKind.linear, HeadKind.mlp})  # distributions that are products over positions
@@ -551,19 +575,24 @@ SIZE_FIELD = {HeadKind.mlp: "trunk_multiple", HeadKind.mixture: "components", He
 def build_heads(settings: HeadsConfig, k: int, n_symbols: int, hidden_size: int,
                 dtype: torch.dtype = torch.float32) -> OutputHeads:
     """The head module of `settings.kind`, randomly initialised."""
-    kind = HeadKind(settings.kind)
-    extra = {SIZE_FIELD[kind]: getattr(settings, SIZE_FIELD[kind])} if kind in SIZE_FIELD else {}
-    return HEAD_TYPES[kind](k, n_symbols, hidden_size, dtype=dtype, **extra)
+    data = settings_dict(settings)
+    return HEAD_TYPES[HeadKind(data.pop("kind"))](k, n_symbols, hidden_size, dtype=dtype, **data)
 
 
 def settings_dict(settings: HeadsConfig) -> dict:
-    """The fields of `settings` that its kind reads, as JSON data (what a checkpoint records)."""
+    """The fields of `settings` that its kind reads, as JSON data (what a checkpoint records). A shortlist
+    records its rest only when that is not the linear heads (checkpoints from before the option have none)."""
     kind = HeadKind(settings.kind)
-    return {"kind": kind.value, **({SIZE_FIELD[kind]: getattr(settings, SIZE_FIELD[kind])} if kind in SIZE_FIELD else {})}
+    data = {"kind": kind.value, **({SIZE_FIELD[kind]: getattr(settings, SIZE_FIELD[kind])} if kind in SIZE_FIELD else {})}
+    if kind is HeadKind.shortlist and HeadKind(settings.rest) is not HeadKind.linear:
+        data.update(rest=HeadKind(settings.rest).value, decoder_size=settings.decoder_size)
+    return data
 
 
 def heads_label(settings: HeadsConfig | dict) -> str:
-    """A short name of a head type and its size setting, as tables show it: linear, mlp, mixture-8, ..."""
+    """A short name of a head type and its size setting, as tables show it: linear, mlp, mixture-8, shortlist-4096,
+    shortlist-4096+autoregressive-128, ..."""
     data = settings_dict(settings) if isinstance(settings, HeadsConfig) else settings
     size = data.get("components", data.get("shortlist"))
-    return data["kind"] + (f"-{size}" if size is not None else "")
+    label = data["kind"] + (f"-{size}" if size is not None else "")
+    return label + (f"+{data['rest']}-{data['decoder_size']}" if data.get("rest", "linear") != "linear" else "")

@@ -130,7 +130,7 @@ class SpeLLM(nn.Module):
             return teacher_mixture(*args, components, matrix=self._marginal_matrix)
         ceiling = teacher_shortlist(*args, self.heads, matrix=self._marginal_matrix)
         if source == TEACHER_SHORTLIST_WEIGHTS:  # the teacher's weights, the trained heads' rest spelling
-            return Shortlist(self.heads, ceiling.log_weights, self.heads(hidden).rest.logits)
+            return Shortlist(self.heads, ceiling.log_weights, self.heads(hidden).rest)
         return ceiling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -169,6 +169,27 @@ class SpeLLM(nn.Module):
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
         return folder
+
+    @torch.no_grad()
+    def init_heads_from(self, folder: str | Path) -> list[str]:
+        """Copy the head tensors of the SpeLLM checkpoint `folder` whose name and shape match these heads' (its
+        buffers too: a shortlist keeps the checkpoint's tokens); returns their names. The checkpoint must spell
+        with this SpeLLM's table (same tokenizer, k and alphabet)."""
+        folder = Path(folder)
+        meta = json.loads((folder / META_FILE).read_text())
+        if meta["spelling_fingerprint"] != self.spelling.fingerprint():
+            raise CheckpointError(
+                f"train.init_from={folder}: its spelling table (k={meta['k']}, "
+                f"{_describe(Alphabet.from_json(meta['alphabet']))}) is not this run's (k={self.k}, "
+                f"{_describe(self.alphabet)}); start from a checkpoint of the same teacher, k and charset.")
+        state = self.heads.state_dict()
+        tensors = load_file(folder / HEADS_FILE)
+        copied = [name for name, tensor in tensors.items() if name in state and state[name].shape == tensor.shape]
+        if not copied:
+            raise CheckpointError(f"train.init_from={folder}: none of its head tensors ({', '.join(tensors)}) "
+                                  "matches these heads by name and shape.")
+        self.heads.load_state_dict({**state, **{name: tensors[name] for name in copied}})
+        return copied
 
     @classmethod
     def load(cls, folder: str | Path, teacher_config: ModelConfig | None = None,

@@ -22,6 +22,7 @@ from spellm_exp.config import (
     CharsetConfig,
     DataConfig,
     HeadInit,
+    HeadKind,
     HeadsConfig,
     LossConfig,
     Trainable,
@@ -37,7 +38,7 @@ from spellm_exp.core.charset import (
 )
 from spellm_exp.core.heads import FACTORISED_KINDS, SIZE_FIELD, settings_dict
 from spellm_exp.core.losses import resolve_objective, token_samples
-from spellm_exp.core.spellm import SpeLLM, model_config_dict
+from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder, model_config_dict
 from spellm_exp.data.datamodule import DistillDataModule, check_data_config
 from spellm_exp.data.features import FeatureStore, TargetStore, feature_key
 from spellm_exp.provenance import provenance
@@ -77,6 +78,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if train.cache_features and train.trainable is not Trainable.heads:
         raise ConfigError(f"train.cache_features=true needs a frozen backbone (train.trainable=heads, not "
                           f"{train.trainable.value}); drop one of the two overrides.")
+    if train.init_from is not None and checkpoint_folder(train.init_from) is None:
+        raise ConfigError(f"train.init_from={train.init_from} is not a SpeLLM checkpoint or a training run folder "
+                          f"(no {META_FILE} in it or in its spellm/ subfolder).")
     if train.cache_targets and not train.cache_features:
         raise ConfigError("train.cache_targets=true computes the targets from the cached backbone outputs: add "
                           "train.cache_features=true.")
@@ -86,6 +90,11 @@ def check_heads_config(heads: HeadsConfig, loss: LossConfig, objective: str) -> 
     field = SIZE_FIELD.get(heads.kind)
     if field is not None and getattr(heads, field) < 1:
         raise ConfigError(f"heads.{field}={getattr(heads, field)} must be >= 1.")
+    if heads.kind is HeadKind.shortlist and heads.rest not in (HeadKind.linear, HeadKind.autoregressive):
+        raise ConfigError(f"heads.rest={heads.rest.value}: the shortlist's rest is spelled by linear or "
+                          "autoregressive heads.")
+    if heads.kind is HeadKind.shortlist and heads.rest is HeadKind.autoregressive and heads.decoder_size < 1:
+        raise ConfigError(f"heads.decoder_size={heads.decoder_size} must be >= 1.")
     if objective == "token" and heads.kind not in FACTORISED_KINDS:
         if loss.top_k < 1 or loss.tail_samples < 0:
             raise ConfigError(f"loss.top_k={loss.top_k} must be >= 1 and loss.tail_samples={loss.tail_samples} "
@@ -150,6 +159,9 @@ def distil(cfg: DictConfig, run_dir: Path) -> dict:
                               counts, charset.escape)
     spellm = SpeLLM.build(teacher, alphabet, cfg.k, init=cfg.heads_init, seed=cfg.seed,
                           heads=typed(HeadsConfig, cfg.heads), counts=counts)
+    if cfg.train.init_from:
+        copied = spellm.init_heads_from(checkpoint_folder(cfg.train.init_from))
+        log.info("heads: %d tensors start from %s: %s", len(copied), cfg.train.init_from, ", ".join(copied))
     coverage = spellm.spelling.coverage(counts[: spellm.spelling.vocab_size])
     log.info("alphabet: %s, |Sigma|=%d, k=%d; coverage %s", alphabet.kind.value, alphabet.size, cfg.k, coverage)
 
