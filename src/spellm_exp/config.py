@@ -58,8 +58,8 @@ class HeadsConfig:
     components: int = 4  # mixture: M
     decoder_size: int = 128  # autoregressive: width r of the character decoder
     shortlist: int = 4096  # shortlist: L, the most frequent tokens (of the distillation text) scored as tokens
-    # shortlist: what spells the rest: linear (k independent heads) | autoregressive (those heads plus the
-    # character decoder of the autoregressive type, width decoder_size)
+    # shortlist: what spells the rest: linear (k independent heads) | mlp (those heads after the mlp type's trunk,
+    # trunk_multiple) | autoregressive (those heads plus the autoregressive type's character decoder, decoder_size)
     rest: HeadKind = HeadKind.linear
 
 

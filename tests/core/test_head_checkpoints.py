@@ -15,7 +15,8 @@ SETTINGS = {HeadKind.linear: HeadsConfig(), HeadKind.mlp: HeadsConfig(kind=HeadK
             HeadKind.autoregressive: HeadsConfig(kind=HeadKind.autoregressive, decoder_size=8),
             HeadKind.shortlist: HeadsConfig(kind=HeadKind.shortlist, shortlist=64),
             "shortlist+autoregressive": HeadsConfig(kind=HeadKind.shortlist, shortlist=64, rest=HeadKind.autoregressive,
-                                                    decoder_size=8)}
+                                                    decoder_size=8),
+            "shortlist+mlp": HeadsConfig(kind=HeadKind.shortlist, shortlist=64, rest=HeadKind.mlp, trunk_multiple=1)}
 
 
 def _spellm(tiny_teacher, kind):
@@ -33,7 +34,7 @@ def test_save_load_round_trip_of_every_head_type(kind, tiny_teacher, cache_dir, 
     spellm.save(tmp_path)
     meta = json.loads((tmp_path / "spellm.json").read_text())
     assert meta["heads"]["kind"] == SETTINGS[kind].kind.value and meta["format_version"] == 2
-    assert meta["heads"].get("rest") == ("autoregressive" if kind == "shortlist+autoregressive" else None)
+    assert meta["heads"].get("rest") == (kind.split("+")[1] if "+" in str(kind) else None)
     loaded = SpeLLM.load(tmp_path, cache_dir=cache_dir)
     assert type(loaded.heads) is type(spellm.heads)
     for (name, a), (_, b) in zip(loaded.heads.state_dict().items(), spellm.heads.state_dict().items()):

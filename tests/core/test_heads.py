@@ -81,6 +81,7 @@ SETTINGS = {kind.value: HeadsConfig(kind=kind, trunk_multiple=2, components=3, d
 # the shortlist with the autoregressive type's character decoder spelling its rest
 SETTINGS["shortlist+autoregressive"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5,
                                                    rest=HeadKind.autoregressive, decoder_size=8)
+SETTINGS["shortlist+mlp"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, rest=HeadKind.mlp, trunk_multiple=2)
 
 
 def _random_heads(kind: HeadKind, seed: int):
@@ -116,7 +117,7 @@ def test_log_prob_of_given_strings_equals_the_enumeration(kind):
     torch.testing.assert_close(scored, every.gather(1, picks))
 
 
-@pytest.mark.parametrize("kind", [HeadKind.linear, HeadKind.mlp, HeadKind.mixture, HeadKind.shortlist])
+@pytest.mark.parametrize("kind", [HeadKind.linear, HeadKind.mlp, HeadKind.mixture, HeadKind.shortlist, "shortlist+mlp"])
 def test_marginals_are_exact(kind):
     heads, hidden = _random_heads(kind, 2), torch.randn(2, TINY_D)
     with torch.no_grad():
@@ -157,6 +158,11 @@ def test_a_shortlist_with_an_autoregressive_rest_greedily_picks_the_better_of_it
         expected = candidates[torch.arange(6), scores.argmax(-1)]
         assert torch.equal(strings.greedy(forbid_pad_first=False), expected)
     assert heads_label(heads.settings()) == "shortlist-5+autoregressive-8"
+    assert heads_label(SETTINGS["shortlist+mlp"]) == "shortlist-5+mlp-2"
+    with_trunk = build_heads(SETTINGS["shortlist+mlp"], TINY_K, TINY_SIGMA, TINY_D)
+    assert with_trunk.settings() == SETTINGS["shortlist+mlp"]
+    assert with_trunk.decode_flops() - build_heads(SETTINGS["shortlist"], TINY_K, TINY_SIGMA, TINY_D).decode_flops() \
+        == 4 * TINY_D * 2 * TINY_D
     # the decoder's parameters and FLOPs come on top of the shortlist with linear rest heads
     plain = build_heads(SETTINGS["shortlist"], TINY_K, TINY_SIGMA, TINY_D)
     r = 8
@@ -193,7 +199,7 @@ def test_vocab_log_probs_are_the_spellings_scores(kind):
 
 
 @pytest.mark.parametrize("kind,rest", [(kind, HeadKind.linear) for kind in HeadKind]
-                         + [(HeadKind.shortlist, HeadKind.autoregressive)])
+                         + [(HeadKind.shortlist, HeadKind.autoregressive), (HeadKind.shortlist, HeadKind.mlp)])
 def test_every_type_starts_as_the_linear_heads_product_or_a_noisy_copy(kind, rest):
     spelled = TokenSpellings(pieces=(None, b"a", b"ab", b"b"), end_ids=frozenset({0}), eos_id=0)
     table = SpellingTable(spelled, Alphabet(CharsetKind.chars, ("a", "b")), k=2)

@@ -56,8 +56,9 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     (["heads=mixture", "heads.components=0"], r"heads.components=0 must be >= 1"),
     (["heads=autoregressive", "loss.top_k=0"], r"loss.top_k=0 must be >= 1"),
     (["heads=autoregressive", "loss.temperature=2"], r"loss.temperature=2.0: heads=autoregressive has no"),
-    (["heads=shortlist", "heads.rest=mixture"], r"heads.rest=mixture: the shortlist's rest is spelled by linear or"),
+    (["heads=shortlist", "heads.rest=mixture"], r"heads.rest=mixture: the shortlist's rest is spelled by linear, mlp, autoregressive heads"),
     (["heads=shortlist", "heads.rest=autoregressive", "heads.decoder_size=0"], r"heads.decoder_size=0 must be >= 1"),
+    (["heads=shortlist", "heads.rest=mlp", "heads.trunk_multiple=0"], r"heads.trunk_multiple=0 must be >= 1"),
     (["train.init_from=/no/such/run"], r"train.init_from=/no/such/run is not a SpeLLM checkpoint"),
 ])
 def test_bad_head_settings_fail_before_any_model_loads(overrides, message, monkeypatch):

@@ -359,24 +359,38 @@ class MLPHeads(OutputHeads):
                  dtype: torch.dtype = torch.float32):
         super().__init__(k, n_symbols, hidden_size)
         self.trunk_multiple = trunk_multiple
-        width = trunk_multiple * hidden_size
-        self.up = nn.Linear(hidden_size, width, dtype=dtype)
-        self.down = nn.Linear(width, hidden_size, dtype=dtype)
-        nn.init.zeros_(self.down.weight)
-        nn.init.zeros_(self.down.bias)
+        add_trunk(self, trunk_multiple, dtype)
         self.linear = LinearHeads(k, n_symbols, hidden_size, dtype)
 
     def settings(self) -> HeadsConfig:
         return HeadsConfig(kind=self.kind, trunk_multiple=self.trunk_multiple)
 
     def forward(self, hidden: torch.Tensor) -> Factorised:
-        return self.linear(hidden + self.down(F.gelu(self.up(hidden))))
+        return self.linear(trunk(self, hidden))
 
     def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
         self.linear.init_from_unembedding(unembedding, spelling)
 
     def decode_flops(self) -> int:
-        return 4 * self.hidden_size * self.up.out_features + self.linear.decode_flops()
+        return trunk_flops(self) + self.linear.decode_flops()
+
+
+def add_trunk(module: OutputHeads, trunk_multiple: int, dtype: torch.dtype) -> None:
+    """The mlp type's residual trunk h + W_down gelu(W_up h) on `module` (up, down; W_down at zero, so it starts as
+    the identity)."""
+    width = trunk_multiple * module.hidden_size
+    module.up = nn.Linear(module.hidden_size, width, dtype=dtype)
+    module.down = nn.Linear(width, module.hidden_size, dtype=dtype)
+    nn.init.zeros_(module.down.weight)
+    nn.init.zeros_(module.down.bias)
+
+
+def trunk(module: OutputHeads, hidden: torch.Tensor) -> torch.Tensor:
+    return hidden + module.down(F.gelu(module.up(hidden)))
+
+
+def trunk_flops(module: OutputHeads) -> int:
+    return 4 * module.hidden_size * module.up.out_features
 
 
 class MixtureHeads(OutputHeads):
@@ -466,13 +480,14 @@ class ShortlistHeads(OutputHeads):
     kind = HeadKind.shortlist
 
     def __init__(self, k: int, n_symbols: int, hidden_size: int, shortlist: int = 4096,
-                 rest: HeadKind | str = HeadKind.linear, decoder_size: int = 128, dtype: torch.dtype = torch.float32):
+                 rest: HeadKind | str = HeadKind.linear, decoder_size: int = 128, trunk_multiple: int = 4,
+                 dtype: torch.dtype = torch.float32):
         super().__init__(k, n_symbols, hidden_size)
         if shortlist < 1:
             raise ValueError(f"heads.shortlist={shortlist}: a shortlist needs at least one token.")
-        if HeadKind(rest) not in (HeadKind.linear, HeadKind.autoregressive):
-            raise ValueError(f"heads.rest={HeadKind(rest).value}: the shortlist's rest is spelled by linear or "
-                             "autoregressive heads.")
+        if HeadKind(rest) not in REST_KINDS:
+            raise ValueError(f"heads.rest={HeadKind(rest).value}: the shortlist's rest is spelled by "
+                             f"{', '.join(kind.value for kind in REST_KINDS)} heads.")
         self.size, self.rest = shortlist, HeadKind(rest)
         self.weight = nn.Parameter(torch.empty(shortlist, hidden_size, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(shortlist, dtype=dtype))
@@ -481,6 +496,8 @@ class ShortlistHeads(OutputHeads):
         self.linear = LinearHeads(k, n_symbols, hidden_size, dtype)
         if self.rest is HeadKind.autoregressive:
             add_character_decoder(self, decoder_size, dtype)
+        elif self.rest is HeadKind.mlp:
+            add_trunk(self, trunk_multiple, dtype)
         # until fit_vocabulary: distinct placeholder strings (the base-|Sigma| digits of 1..L)
         digits = (torch.arange(1, shortlist + 1).unsqueeze(1) // n_symbols ** torch.arange(k)) % n_symbols
         self.register_buffer("token_ids", torch.arange(shortlist))
@@ -492,6 +509,9 @@ class ShortlistHeads(OutputHeads):
         if self.rest is HeadKind.autoregressive:
             return HeadsConfig(kind=self.kind, shortlist=self.size, rest=self.rest,
                                decoder_size=self.context.out_features)
+        if self.rest is HeadKind.mlp:
+            return HeadsConfig(kind=self.kind, shortlist=self.size, rest=self.rest,
+                               trunk_multiple=self.up.out_features // self.hidden_size)
         return HeadsConfig(kind=self.kind, shortlist=self.size)
 
     @torch.no_grad()
@@ -539,8 +559,10 @@ class ShortlistHeads(OutputHeads):
 
     def forward(self, hidden: torch.Tensor) -> Shortlist:
         scores = torch.cat([F.linear(hidden, self.weight, self.bias), self.gate(hidden)], dim=-1)
-        rest = Autoregressive(self, hidden) if self.rest is HeadKind.autoregressive else Factorised(
-            self.linear.logits(hidden))
+        if self.rest is HeadKind.autoregressive:
+            rest = Autoregressive(self, hidden)
+        else:
+            rest = Factorised(self.linear.logits(trunk(self, hidden) if self.rest is HeadKind.mlp else hidden))
         return Shortlist(self, F.log_softmax(scores.float(), dim=-1), rest)
 
     @torch.no_grad()
@@ -558,11 +580,12 @@ class ShortlistHeads(OutputHeads):
         self.gate.bias.fill_(math.log(max(rows.shape[0], 1)))
 
     def decode_flops(self) -> int:
-        decoder = character_decoder_flops(self) if self.rest is HeadKind.autoregressive else 0
-        return 2 * (self.size + 1) * self.hidden_size + self.linear.decode_flops() + decoder
+        extra = {HeadKind.autoregressive: character_decoder_flops, HeadKind.mlp: trunk_flops}.get(self.rest)
+        return 2 * (self.size + 1) * self.hidden_size + self.linear.decode_flops() + (extra(self) if extra else 0)
 
 
 FACTORISED_KINDS = frozenset({HeadKind.linear, HeadKind.mlp})  # distributions that are products over positions
+REST_KINDS = (HeadKind.linear, HeadKind.mlp, HeadKind.autoregressive)  # what can spell a shortlist's rest
 HEAD_TYPES: dict[HeadKind, type[OutputHeads]] = {
     cls.kind: cls for cls in (LinearHeads, MLPHeads, MixtureHeads, AutoregressiveHeads, ShortlistHeads)}
 
@@ -585,14 +608,16 @@ def settings_dict(settings: HeadsConfig) -> dict:
     kind = HeadKind(settings.kind)
     data = {"kind": kind.value, **({SIZE_FIELD[kind]: getattr(settings, SIZE_FIELD[kind])} if kind in SIZE_FIELD else {})}
     if kind is HeadKind.shortlist and HeadKind(settings.rest) is not HeadKind.linear:
-        data.update(rest=HeadKind(settings.rest).value, decoder_size=settings.decoder_size)
+        rest = HeadKind(settings.rest)
+        data.update({"rest": rest.value, SIZE_FIELD[rest]: getattr(settings, SIZE_FIELD[rest])})
     return data
 
 
 def heads_label(settings: HeadsConfig | dict) -> str:
     """A short name of a head type and its size setting, as tables show it: linear, mlp, mixture-8, shortlist-4096,
-    shortlist-4096+autoregressive-128, ..."""
+    shortlist-4096+autoregressive-128, shortlist-4096+mlp-4, ..."""
     data = settings_dict(settings) if isinstance(settings, HeadsConfig) else settings
     size = data.get("components", data.get("shortlist"))
     label = data["kind"] + (f"-{size}" if size is not None else "")
-    return label + (f"+{data['rest']}-{data['decoder_size']}" if data.get("rest", "linear") != "linear" else "")
+    rest = HeadKind(data.get("rest", "linear"))
+    return label + (f"+{rest.value}-{data[SIZE_FIELD[rest]]}" if rest is not HeadKind.linear else "")

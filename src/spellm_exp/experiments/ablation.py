@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from spellm_exp.core.ceilings import SHORTLIST_SOURCES, is_ceiling
+from spellm_exp.core.ceilings import SHORTLIST_SOURCES, TEACHER_SHORTLIST, is_ceiling
 from spellm_exp.core.heads import ShortlistHeads, heads_label
 from spellm_exp.core.spellm import SpeLLM
 from spellm_exp.evaluation.harness import SpeLLMHarnessLM
@@ -99,13 +99,19 @@ def evaluate_variants(cfg: DictConfig, tasks: list[str], config: dict) -> tuple[
             lm = SpeLLMHarnessLM(variant=ceiling, spellm=ceiling_model, batch_size=cfg.batch_size, score=mode)
             rows[f"{ceiling}, score={mode}"] = (scored(lm, first / EVAL_DIR / f"{ceiling}-{mode}"), {})
     del spellm, teacher, ceiling_model
+    shared_ceilings: dict[tuple, Path] = {}
     for position, (name, run_dir) in enumerate(run_dirs.items()):
         spellm = SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir)
         lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common)
         overrides = {"overrides": " ".join(cfg.variants[name]) or "-"}
         for ceiling in cfg.variant_ceilings if isinstance(spellm.heads, ShortlistHeads) else ():
-            rows[f"{ceiling} ({name})"] = (scored(SpeLLMHarnessLM(variant=ceiling, spellm=spellm, **common),
-                                                  run_dir / EVAL_DIR / ceiling), {})
+            # teacher_shortlist depends only on the shortlist's tokens: a variant that shares them (one trained
+            # on top of another, train.init_from) reuses that evaluation
+            key = (ceiling, tuple(spellm.heads.token_ids.tolist()) if ceiling == TEACHER_SHORTLIST else name)
+            if key not in shared_ceilings:
+                lm_ceiling = SpeLLMHarnessLM(variant=ceiling, spellm=spellm, **common)
+                shared_ceilings[key] = scored(lm_ceiling, run_dir / EVAL_DIR / ceiling)
+            rows[f"{ceiling} ({name})"] = (shared_ceilings[key], {})
         rows[f"spellm {name}"] = (scored(lm, run_dir / EVAL_DIR / "spellm"),
                                   {**overrides, **training_metrics(run_dir, spellm)})
         for mode in cfg.other_scores if position == 0 else ():  # the scoring options, on the first variant's heads
