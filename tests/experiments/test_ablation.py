@@ -25,13 +25,17 @@ def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_pat
     with open_dict(cfg):  # the first variant has overrides here, so every run gets its own suffix
         cfg.variants = {"linear": TINY, "mixture_2": [*TINY, "heads=mixture", "heads.components=2"],
                         "autoregressive": [*TINY, "heads=autoregressive", "heads.decoder_size=8"],
-                        "shortlist": [*TINY, "heads=shortlist", "heads.shortlist=16"]}
+                        "shortlist": [*TINY, "heads=shortlist", "heads.shortlist=16"],
+                        # on top of the shortlist run: the same tokens, so the same teacher_shortlist evaluation
+                        "shortlist_mlp": [*TINY, "heads=shortlist", "heads.shortlist=16", "heads.rest=mlp",
+                                          "heads.trunk_multiple=1",
+                                          f"train.init_from={tmp_path}/outputs/train/smollm2_k16_quick_shortlist"]}
     write_ablation_table(cfg, "test")
 
     runs = tmp_path / "outputs" / "train"
     assert sorted(p.name for p in runs.iterdir()) == [
         "smollm2_k16_quick_autoregressive", "smollm2_k16_quick_linear", "smollm2_k16_quick_mixture_2",
-        "smollm2_k16_quick_shortlist"]
+        "smollm2_k16_quick_shortlist", "smollm2_k16_quick_shortlist_mlp"]
     tidy = pd.read_csv(tmp_path / "results" / "quality_ablation.csv")
     assert set(tidy["variant"]) >= {"teacher", "teacher_marginals", "teacher_mixture_2",
                                     "teacher_marginals, score=vocab_normalized", "spellm linear",
@@ -39,7 +43,13 @@ def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_pat
                                     "spellm autoregressive", "spellm mixture_2 - teacher",
                                     # the shortlist variant's own ceilings (variant_ceilings), only for that one
                                     "teacher_shortlist (shortlist)", "teacher_shortlist_weights (shortlist)"}
-    assert not any(v.startswith("teacher_shortlist (") and "shortlist)" not in v for v in tidy["variant"])
+    assert not any(v.startswith("teacher_shortlist (") and "shortlist" not in v for v in tidy["variant"])
+    # the ceiling of a shortlist is scored once: the variant trained on top of it shares the evaluation
+    ceiling = tidy[tidy["variant"].isin(["teacher_shortlist (shortlist)", "teacher_shortlist (shortlist_mlp)"])
+                   & tidy["task"].eq("arc_easy")]
+    assert len(ceiling) == 2 and ceiling["value"].nunique() == 1
+    assert not (runs / "smollm2_k16_quick_shortlist_mlp" / "eval" / "ablation" / "teacher_shortlist").exists()
+    assert (runs / "smollm2_k16_quick_shortlist_mlp" / "eval" / "ablation" / "teacher_shortlist_weights").exists()
     markdown = (tmp_path / "results" / "quality_ablation.md").read_text()
     assert "## Training" in markdown and "heads.components=2" in markdown
     training = markdown.split("## Training")[1]  # variant, overrides, heads, trainable, steps, minutes, objective
@@ -50,8 +60,8 @@ def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_pat
 
     # a second run re-uses every finished run and evaluation
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")}
-    # teacher, 2 ceilings, 1 ceiling score, 4 SpeLLMs, 1 other score, the shortlist's 2 ceilings
-    assert len(stamps) == 11
+    # teacher, 2 ceilings, 1 ceiling score, 5 SpeLLMs, 1 other score, the shortlists' 3 ceiling evaluations
+    assert len(stamps) == 13
     write_ablation_table(cfg, "test")
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")} == stamps
 
