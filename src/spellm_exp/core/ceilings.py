@@ -83,16 +83,11 @@ class TeacherMixture(StringDistribution):
 def teacher_mixture(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,
                     components: int, matrix: torch.Tensor | None = None) -> TeacherMixture:
     """The `teacher_mixture_M` distribution from teacher logits [n, |V|]."""
-    logits = teacher_logits.float().masked_fill(~spellable, -math.inf)
-    log_q = torch.log_softmax(logits, dim=-1)  # renormalised over the spellable tokens
+    log_q = _spellable_log_q(teacher_logits, spellable)
     top_log_probs, top_ids = log_q.topk(min(components - 1, log_q.shape[-1]), dim=-1)
-    rest_log_q = log_q.scatter(-1, top_ids, -math.inf)
-    rest_log_mass = torch.logsumexp(rest_log_q, dim=-1)  # -inf where the top tokens hold all the mass
-    # where nothing is left, any distribution does for the rest (its weight is 0): the whole one
-    rest_logits = torch.where(torch.isfinite(rest_log_mass).unsqueeze(-1), rest_log_q, log_q)
-    rest = head_marginals(rest_logits, table, spellable, n_symbols, matrix=matrix).marginals
-    full = head_marginals(logits, table, spellable, n_symbols, matrix=matrix).marginals
-    return TeacherMixture(top_ids, table[top_ids], top_log_probs, rest_log_mass, _log(rest), _log(full))
+    rest_log_mass, rest = _rest_without(log_q, top_ids, table, spellable, n_symbols, matrix)
+    full = head_marginals(log_q, table, spellable, n_symbols, matrix=matrix).marginals
+    return TeacherMixture(top_ids, table[top_ids], top_log_probs, rest_log_mass.squeeze(-1), rest, _log(full))
 
 
 def teacher_shortlist(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,
@@ -100,21 +95,32 @@ def teacher_shortlist(teacher_logits: torch.Tensor, table: torch.Tensor, spellab
     """The `teacher_shortlist` distribution of `heads`' shortlist from teacher logits [n, |V|]: log weights
     [log q(l) for the shortlist tokens l, log q(rest)] and the rest's log-marginals. A token that spells the
     same string as a shortlist token is part of the rest (the shortlist keeps one token per string)."""
-    logits = teacher_logits.float().masked_fill(~spellable, -math.inf)
-    log_q = torch.log_softmax(logits, dim=-1)
+    log_q = _spellable_log_q(teacher_logits, spellable)
     ids = heads.token_ids.to(log_q.device)
-    rest_log_q = log_q.index_fill(-1, ids, -math.inf)
-    rest_log_mass = torch.logsumexp(rest_log_q, dim=-1, keepdim=True)
-    # where the shortlist holds all the mass, any distribution does for the rest (its weight is 0)
-    rest_logits = torch.where(torch.isfinite(rest_log_mass), rest_log_q, log_q)
-    rest = head_marginals(rest_logits, table, spellable, n_symbols, matrix=matrix).marginals
-    return Shortlist(heads, torch.cat([log_q[:, ids], rest_log_mass], dim=-1), Factorised(_log(rest)))
+    rest_log_mass, rest = _rest_without(log_q, ids.expand(log_q.shape[0], -1), table, spellable, n_symbols, matrix)
+    return Shortlist(heads, torch.cat([log_q[:, ids], rest_log_mass], dim=-1), Factorised(rest))
 
 
 def teacher_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,
                       matrix: torch.Tensor | None = None) -> Factorised:
     """The product of the teacher's per-position marginals (perfect independent heads)."""
     return Factorised(_log(head_marginals(teacher_logits, table, spellable, n_symbols, matrix=matrix).marginals))
+
+
+def _spellable_log_q(teacher_logits: torch.Tensor, spellable: torch.Tensor) -> torch.Tensor:
+    """The teacher's log-probabilities renormalised over the spellable tokens, as the distillation targets are."""
+    return torch.log_softmax(teacher_logits.float().masked_fill(~spellable, -math.inf), dim=-1)
+
+
+def _rest_without(log_q: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor,
+                  n_symbols: int, matrix: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log q(rest) [n, 1], the rest's per-position log-marginals [n, k, S]) once the tokens `ids` ([n, m]) are
+    taken out of log_q [n, |V|]. Where they hold all the mass (log q(rest) = -inf), any distribution does for the
+    rest, as its weight is 0: the whole one."""
+    rest_log_q = log_q.scatter(-1, ids, -math.inf)
+    rest_log_mass = torch.logsumexp(rest_log_q, dim=-1, keepdim=True)
+    rest_logits = torch.where(torch.isfinite(rest_log_mass), rest_log_q, log_q)
+    return rest_log_mass, _log(head_marginals(rest_logits, table, spellable, n_symbols, matrix=matrix).marginals)
 
 
 def _log(marginals: torch.Tensor) -> torch.Tensor:

@@ -485,10 +485,7 @@ class ShortlistHeads(OutputHeads):
         super().__init__(k, n_symbols, hidden_size)
         if shortlist < 1:
             raise ValueError(f"heads.shortlist={shortlist}: a shortlist needs at least one token.")
-        if HeadKind(rest) not in REST_KINDS:
-            raise ValueError(f"heads.rest={HeadKind(rest).value}: the shortlist's rest is spelled by "
-                             f"{', '.join(kind.value for kind in REST_KINDS)} heads.")
-        self.size, self.rest = shortlist, HeadKind(rest)
+        self.size, self.rest = shortlist, check_rest(rest)
         self.weight = nn.Parameter(torch.empty(shortlist, hidden_size, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(shortlist, dtype=dtype))
         nn.init.normal_(self.weight, std=hidden_size**-0.5)
@@ -586,6 +583,14 @@ class ShortlistHeads(OutputHeads):
 
 FACTORISED_KINDS = frozenset({HeadKind.linear, HeadKind.mlp})  # distributions that are products over positions
 REST_KINDS = (HeadKind.linear, HeadKind.mlp, HeadKind.autoregressive)  # what can spell a shortlist's rest
+
+
+def check_rest(rest: HeadKind | str) -> HeadKind:
+    """`heads.rest` as a kind that can spell a shortlist's rest; a ValueError that names them otherwise."""
+    if HeadKind(rest) not in REST_KINDS:
+        raise ValueError(f"heads.rest={HeadKind(rest).value}: the shortlist's rest is spelled by "
+                         f"{', '.join(kind.value for kind in REST_KINDS)} heads.")
+    return HeadKind(rest)
 HEAD_TYPES: dict[HeadKind, type[OutputHeads]] = {
     cls.kind: cls for cls in (LinearHeads, MLPHeads, MixtureHeads, AutoregressiveHeads, ShortlistHeads)}
 

@@ -21,6 +21,7 @@ from spellm_exp.core.ceilings import (
     SHORTLIST_SOURCES,
     TEACHER_MARGINALS,
     TEACHER_SHORTLIST_WEIGHTS,
+    is_ceiling,
     mixture_components,
     teacher_marginals,
     teacher_mixture,
@@ -114,8 +115,7 @@ class SpeLLM(nn.Module):
         `teacher_shortlist_weights`), which measures what a head type could reach at best."""
         if source == "heads":
             return self.heads(hidden)
-        components = mixture_components(source)
-        if source not in (TEACHER_MARGINALS, *SHORTLIST_SOURCES) and components is None:
+        if not is_ceiling(source):
             raise ValueError(f"source={source} is unknown; use heads, {TEACHER_MARGINALS}, teacher_mixture_M or "
                              f"(shortlist heads) {' or '.join(SHORTLIST_SOURCES)}.")
         if source in SHORTLIST_SOURCES and not isinstance(self.heads, ShortlistHeads):
@@ -126,6 +126,7 @@ class SpeLLM(nn.Module):
         args = (self.teacher_logits(hidden), self.spelling_table, self.spellable, self.alphabet.size)
         if source == TEACHER_MARGINALS:
             return teacher_marginals(*args, matrix=self._marginal_matrix)
+        components = mixture_components(source)
         if components is not None:
             return teacher_mixture(*args, components, matrix=self._marginal_matrix)
         ceiling = teacher_shortlist(*args, self.heads, matrix=self._marginal_matrix)

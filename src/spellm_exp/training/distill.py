@@ -36,7 +36,7 @@ from spellm_exp.core.charset import (
     build_alphabet,
     check_charset,
 )
-from spellm_exp.core.heads import FACTORISED_KINDS, REST_KINDS, SIZE_FIELD, settings_dict
+from spellm_exp.core.heads import FACTORISED_KINDS, SIZE_FIELD, check_rest, settings_dict
 from spellm_exp.core.losses import resolve_objective, token_samples
 from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder, model_config_dict
 from spellm_exp.data.datamodule import DistillDataModule, check_data_config
@@ -90,9 +90,11 @@ def check_heads_config(heads: HeadsConfig, loss: LossConfig, objective: str) -> 
     field = SIZE_FIELD.get(heads.kind)
     if field is not None and getattr(heads, field) < 1:
         raise ConfigError(f"heads.{field}={getattr(heads, field)} must be >= 1.")
-    if heads.kind is HeadKind.shortlist and heads.rest not in REST_KINDS:
-        raise ConfigError(f"heads.rest={heads.rest.value}: the shortlist's rest is spelled by "
-                          f"{', '.join(kind.value for kind in REST_KINDS)} heads.")
+    if heads.kind is HeadKind.shortlist:
+        try:
+            check_rest(heads.rest)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
     rest_field = SIZE_FIELD.get(heads.rest) if heads.kind is HeadKind.shortlist else None
     if rest_field is not None and getattr(heads, rest_field) < 1:
         raise ConfigError(f"heads.{rest_field}={getattr(heads, rest_field)} must be >= 1.")
