@@ -73,12 +73,12 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
             evaluate_or_reuse(lm, tasks, eval_dir / "spellm", cfg.num_fewshot, profile.limit,
                               {"model": model, "variant": "spellm", "head_type": head_type}, config)
             failures[f"{model} {head_type}"] = lm.failures
-            label = (f"SpeLLM k={spellm.k} {spellm.alphabet.label}"
-                     f" {spellm.heads.kind.value}")
+            head_label = heads_label(spellm.heads.settings())  # e.g. shortlist-16384: the type and its size
+            label = f"SpeLLM k={spellm.k} {spellm.alphabet.label} {head_label}"
             rows, records = spellm_rows(spellm.info.description, label, f"spellm {head_type}", teacher_dir,
                                         eval_dir / "spellm", tasks, teacher_results)
             wide += rows
-            tidy += [{**record, "head_type": heads_label(spellm.heads.settings())} for record in records]
+            tidy += [{**record, "head_type": head_label} for record in records]
             del spellm, lm
 
     limit = "every document" if profile.limit is None else f"the first {profile.limit} documents per task"
