@@ -331,6 +331,7 @@ class Table1Job(_Command):
     profiles: dict[str, Table1Profile] = field(default_factory=dict)
     experiments: dict[str, str] = field(default_factory=dict)
     head_types: dict[str, list[str]] = field(default_factory=lambda: {"linear": []})  # name -> train overrides
+    distil_missing: bool = True  # false: a head type whose run has not finished is left out (and listed)
     tasks: list[str] = field(default_factory=list)
     num_fewshot: int = 0
     batch_size: int = 8

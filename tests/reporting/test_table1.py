@@ -78,3 +78,53 @@ def test_bits_per_byte_rows_are_paired_relative_and_not_averaged(tmp_path):
     assert diff["average"] == "+0.00 ± 0.00"
     gap = [r for r in tidy if r["metric"] == "bits_per_byte_relative_gap"]
     assert len(gap) == 1 and gap[0]["value"] == pytest.approx(0.16)
+
+
+TINY = ["model=tiny_llama", "k=4", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1", "data.max_chars_per_source=20000", "data.block_size=32", "data.batch_size=2",
+        "data.val_blocks=4", "checkpoint.every_n_train_steps=2", "trainer.enable_progress_bar=false"]
+
+
+def _table1_config(tmp_path, cache_dir, head_types, *overrides):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from spellm_exp.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="table1", overrides=[
+            "profiles.quick.models=[llama]", "profiles.quick.limit=3", "tasks=[arc_easy]",
+            f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}/outputs",
+            f"paths.results_dir={tmp_path}/results", *overrides])
+    with open_dict(cfg):
+        cfg.head_types = head_types
+    return cfg
+
+
+def test_table1_distils_scores_and_can_leave_out_head_types_not_distilled_yet(cache_dir, tmp_path):
+    """End to end on a tiny teacher: one row per head type; with distil_missing=false a head type whose run has
+    not finished is listed in the notes instead of distilled, and the finished ones are reused."""
+    import pandas as pd
+
+    from spellm_exp.reporting.table1 import write_table1
+
+    write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY}), "test")
+    runs = tmp_path / "outputs" / "train"
+    assert [p.name for p in runs.iterdir()] == ["smollm2_k16_quick_linear"]
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")}
+    assert len(stamps) == 2  # the teacher and the SpeLLM
+
+    shortlist = [*TINY, "heads=shortlist", "heads.shortlist=16"]
+    cfg = _table1_config(tmp_path, cache_dir, {"linear": TINY, "shortlist_16": shortlist}, "distil_missing=false")
+    write_table1(cfg, "test")
+    assert [p.name for p in runs.iterdir()] == ["smollm2_k16_quick_linear"]  # nothing distilled
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")} == stamps  # nothing scored again
+    markdown = (tmp_path / "results" / "table1.md").read_text()
+    assert "Left out, not distilled yet (`distil_missing=false`): llama shortlist_16." in markdown
+    assert "SpeLLM k=4 chars-64+esc linear - teacher" in markdown and "shortlist-16" not in markdown
+
+    write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY, "shortlist_16": shortlist}), "test")
+    tidy = pd.read_csv(tmp_path / "results" / "table1.csv")
+    assert set(tidy["head_type"].dropna()) == {"linear", "shortlist-16"}
+    markdown = (tmp_path / "results" / "table1.md").read_text()
+    assert "| SpeLLM k=4 chars-64+esc shortlist-16 - teacher |" in markdown and "Left out" not in markdown

@@ -50,7 +50,7 @@ def spelling_matrix(table: torch.Tensor, n_symbols: int, keep_pad: bool = False)
     rows = (torch.arange(k, device=table.device) * n_symbols + table)[keep]
     cols = torch.arange(vocab_size, device=table.device).unsqueeze(1).expand(vocab_size, k)[keep]
     coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel(), device=table.device),
-                                  (k * n_symbols, vocab_size))
+                                  (k * n_symbols, vocab_size), check_invariants=False)  # built valid here
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         return coo.coalesce().to_sparse_csr()

@@ -63,11 +63,16 @@ def reuse_resume_or_distil(cfg: DictConfig, run_dir: Path) -> dict:
     return distil(cfg, run_dir)
 
 
+def run_folder(output_dir: str, experiment: str, train_profile: str, suffix: str = "") -> Path:
+    """Where `trained_run` keeps the run of `experiment` under `train_profile` (its overrides named by `suffix`)."""
+    return Path(output_dir) / "train" / f"{experiment}_{train_profile}{suffix}"
+
+
 def trained_run(experiment: str, train_profile: str, output_dir: str, cache_dir: str,
                 extra_overrides: tuple[str, ...] = (), suffix: str = "") -> Path:
     """The run folder of `experiment` under the training profile `train_profile` (plus `extra_overrides`,
     named by `suffix`), reused, resumed or distilled."""
-    run_dir = Path(output_dir) / "train" / f"{experiment}_{train_profile}{suffix}"
+    run_dir = run_folder(output_dir, experiment, train_profile, suffix)
     overrides = [f"experiment={experiment}", f"profile={train_profile}", f"paths.cache_dir={cache_dir}",
                  *extra_overrides]
     reuse_resume_or_distil(compose_config("train", overrides), run_dir)
