@@ -61,6 +61,10 @@ class HeadsConfig:
     # shortlist: what spells the rest: linear (k independent heads) | mlp (those heads after the mlp type's trunk,
     # trunk_multiple) | autoregressive (those heads plus the autoregressive type's character decoder, decoder_size)
     rest: HeadKind = HeadKind.linear
+    # shortlist: the rest's share for strings that are no rest vocabulary token. 1.0: the rest spreads over all of
+    # Sigma^k (its product puts most of its mass on strings no token spells); below 1: the rest renormalised over
+    # the vocabulary strings outside the shortlist, this share left to every other string (finite likelihoods)
+    rest_outside: float = 1.0
 
 
 # --- teachers ----------------------------------------------------------------------------------

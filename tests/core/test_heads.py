@@ -82,6 +82,11 @@ SETTINGS = {kind.value: HeadsConfig(kind=kind, trunk_multiple=2, components=3, d
 SETTINGS["shortlist+autoregressive"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5,
                                                    rest=HeadKind.autoregressive, decoder_size=8)
 SETTINGS["shortlist+mlp"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, rest=HeadKind.mlp, trunk_multiple=2)
+# the rest renormalised over its vocabulary strings, 10% left to the other strings
+SETTINGS["shortlist,rest_outside"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, rest_outside=0.1)
+SETTINGS["shortlist+mlp,rest_outside"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, rest=HeadKind.mlp,
+                                                     trunk_multiple=2, rest_outside=0.1)
+TINY_VOCABULARY = ALL_STRINGS[::5]  # 13 "vocabulary" strings, one of them a shortlist placeholder
 
 
 def _random_heads(kind: HeadKind, seed: int):
@@ -90,6 +95,8 @@ def _random_heads(kind: HeadKind, seed: int):
     with torch.no_grad():  # the zero-initialised parts too, so every part of the type is exercised
         for parameter in heads.parameters():
             parameter.normal_(std=0.7)
+    if heads.kind is HeadKind.shortlist:
+        heads.vocab_strings = TINY_VOCABULARY  # what attach_spelling keeps of a spelling table
     return heads
 
 
@@ -117,7 +124,8 @@ def test_log_prob_of_given_strings_equals_the_enumeration(kind):
     torch.testing.assert_close(scored, every.gather(1, picks))
 
 
-@pytest.mark.parametrize("kind", [HeadKind.linear, HeadKind.mlp, HeadKind.mixture, HeadKind.shortlist, "shortlist+mlp"])
+@pytest.mark.parametrize("kind", [HeadKind.linear, HeadKind.mlp, HeadKind.mixture, HeadKind.shortlist, "shortlist+mlp",
+                                  "shortlist,rest_outside", "shortlist+mlp,rest_outside"])
 def test_marginals_are_exact(kind):
     heads, hidden = _random_heads(kind, 2), torch.randn(2, TINY_D)
     with torch.no_grad():
@@ -271,3 +279,46 @@ def test_a_shortlist_token_scores_its_own_weight_plus_what_the_rest_gives_its_st
         greedy = dist.greedy(forbid_pad_first=False)
         every = _all_string_log_probs(heads, hidden)
         assert (dist.log_prob(greedy.unsqueeze(1)).squeeze(1) <= every.max(-1).values + 1e-6).all()
+
+
+def test_a_rest_over_its_vocabulary_rescales_the_rest_inside_and_outside_and_is_the_plain_rest_at_one():
+    """p'(s) = p(s) (1 - eps (1 - Z)) / Z on the rest's vocabulary strings, eps p(s) on the others."""
+    torch.manual_seed(4)
+    hidden = torch.randn(3, TINY_D)
+    renormalised = _random_heads("shortlist,rest_outside", 5)
+    plain = build_heads(HeadsConfig(kind=HeadKind.shortlist, shortlist=5), TINY_K, TINY_SIGMA, TINY_D)
+    plain.load_state_dict(renormalised.state_dict())
+    with torch.no_grad():
+        p, q = plain(hidden), renormalised(hidden)
+        rest = p.rest.log_prob(ALL_STRINGS.expand(3, -1, -1)).exp()  # [3, 64]
+        in_shortlist = (plain.slot_of(ALL_STRINGS) >= 0)
+        in_vocabulary = (ALL_STRINGS.unsqueeze(1) == TINY_VOCABULARY).all(-1).any(-1)
+        inside = in_vocabulary & ~in_shortlist
+        z = rest[:, inside].sum(-1, keepdim=True)
+        expected = torch.where(inside, rest * (1 - 0.1 * (1 - z)) / z, 0.1 * rest)
+        weights = q.log_weights.exp()
+        exact = torch.zeros(3, len(ALL_STRINGS))
+        exact[:, in_shortlist] = weights[:, plain.slot_of(ALL_STRINGS[in_shortlist])]
+        torch.testing.assert_close(_all_string_log_probs(renormalised, hidden).exp(),
+                                   exact + weights[:, -1:] * expected, atol=1e-6, rtol=1e-5)
+        assert renormalised.rest_strings().shape[0] == int(inside.sum()) == 12
+        # greedy: the most likely of the three candidates, so never below the rest's best vocabulary string
+        greedy = q.log_prob(q.greedy(forbid_pad_first=False).unsqueeze(1)).squeeze(1)
+        assert (greedy >= q.log_prob(q.over_vocabulary.best.unsqueeze(1)).squeeze(1) - 1e-6).all()
+        renormalised.rest_outside = 1.0
+        torch.testing.assert_close(renormalised(hidden).log_prob(ALL_STRINGS.expand(3, -1, -1)),
+                                   p.log_prob(ALL_STRINGS.expand(3, -1, -1)))
+    assert heads_label(SETTINGS["shortlist,rest_outside"]) == "shortlist-5,rest_outside=0.1"
+    assert settings_dict(SETTINGS["shortlist,rest_outside"]) == {"kind": "shortlist", "shortlist": 5,
+                                                                 "rest_outside": 0.1}
+    assert "rest_outside" not in settings_dict(SETTINGS["shortlist"])  # older checkpoints read the same
+
+
+@pytest.mark.parametrize("settings_, message", [
+    (HeadsConfig(kind=HeadKind.shortlist, rest_outside=0.0), r"heads.rest_outside=0.0: use a share in \(0, 1\]"),
+    (HeadsConfig(kind=HeadKind.shortlist, rest_outside=0.1, rest=HeadKind.autoregressive),
+     "needs a rest that is a product"),
+])
+def test_a_bad_rest_outside_fails_with_the_fix(settings_, message):
+    with pytest.raises(ValueError, match=message):
+        build_heads(settings_, TINY_K, TINY_SIGMA, TINY_D)

@@ -241,6 +241,7 @@ class Shortlist(StringDistribution):
 
     def __init__(self, heads: ShortlistHeads, log_weights: torch.Tensor, rest: StringDistribution):
         self.heads, self.log_weights, self.rest = heads, log_weights, rest
+        self.over_vocabulary = RestOverVocabulary(heads, rest) if heads.rest_outside < 1 else None
 
     @property
     def device_tensor(self) -> torch.Tensor:
@@ -248,24 +249,67 @@ class Shortlist(StringDistribution):
 
     def log_prob(self, strings: torch.Tensor) -> torch.Tensor:
         shape = torch.broadcast_shapes(strings.shape[:-1], (self.size, 1))
-        slots = self.heads.slot_of(strings.expand(*shape, strings.shape[-1]))  # [n, m]
+        strings = strings.expand(*shape, strings.shape[-1])
+        slots = self.heads.slot_of(strings)  # [n, m]
         exact = torch.where(slots >= 0, self.log_weights.gather(1, slots.clamp(min=0)), -math.inf)
-        return torch.logaddexp(exact, self.log_weights[:, -1:] + self.rest.log_prob(strings))
+        rest = self.rest.log_prob(strings)
+        if self.over_vocabulary is not None:
+            rest = self.over_vocabulary.rescale(strings, rest)
+        return torch.logaddexp(exact, self.log_weights[:, -1:] + rest)
 
     def greedy(self, forbid_pad_first: bool = True) -> torch.Tensor:
-        """The better, by p(s), of the most likely shortlist token's string and the rest's argmax string."""
+        """The best, by p(s), of the most likely shortlist token's string, the rest's argmax string and (rest
+        renormalised over its vocabulary) the rest's most likely vocabulary string."""
         best = self.heads.strings[self.log_weights[:, :-1].argmax(-1)]  # [n, k]
-        candidates = torch.stack([best, self.rest.greedy(forbid_pad_first)], dim=1)  # [n, 2, k]
+        candidates = [best, self.rest.greedy(forbid_pad_first)]
+        if self.over_vocabulary is not None:
+            candidates.append(self.over_vocabulary.best)
+        candidates = torch.stack(candidates, dim=1)  # [n, 2 or 3, k]
         pick = self.log_prob(candidates).argmax(-1)
         return candidates[torch.arange(candidates.shape[0], device=pick.device), pick]
 
     def _marginal_log_probs(self) -> torch.Tensor:
         weights = self.log_weights.float().exp()
         rest = self.rest.marginal_log_probs().exp()  # the decoder's: its greedy path's steps
+        if self.over_vocabulary is not None:
+            rest = self.over_vocabulary.marginals(rest)
         n, (k, symbols) = weights.shape[0], rest.shape[1:]
         shortlist = torch.sparse.mm(self.heads.symbol_matrix(), weights[:, :-1].T.contiguous()).T
         mixed = shortlist.reshape(n, k, symbols) + weights[:, -1:, None] * rest
         return mixed.clamp(min=1e-30).log()
+
+
+class RestOverVocabulary:
+    """A shortlist's rest renormalised over its vocabulary strings R (the spellable tokens' strings that no
+    shortlist token spells), eps = `heads.rest_outside` left to every other string:
+    p'(s) = p(s) (1 - eps (1 - Z)) / Z on R and eps p(s) elsewhere, Z = p(R) per position; sums to 1, and eps = 1
+    is p itself. Needs a product rest (its scores over R are k gathers)."""
+
+    def __init__(self, heads: ShortlistHeads, rest: StringDistribution):
+        if not rest.factorised:
+            raise ValueError("heads.rest_outside < 1 needs a rest that is a product (heads.rest=linear or mlp); "
+                             "set heads.rest_outside=1.0 for the autoregressive rest.")
+        self.heads, self.strings = heads, heads.rest_strings()
+        scores = vocab_scores(rest.marginal_log_probs(), self.strings,
+                              torch.ones(self.strings.shape[0], dtype=torch.bool, device=self.strings.device))
+        log_z = torch.logsumexp(scores, dim=-1, keepdim=True)  # [n, 1]
+        self.log_outside = math.log(heads.rest_outside)
+        self.log_inside = torch.log1p(-heads.rest_outside * (1 - log_z.exp())) - log_z
+        self.share = (scores - log_z).exp()  # [n, |R|]: the rest's distribution over R alone
+        self.best = self.strings[scores.argmax(-1)]  # [n, k]
+
+    def rescale(self, strings: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+        """log p'(s) from log p(s) of strings [n, m, k]."""
+        inside = self.heads.is_rest_string(strings)
+        return torch.where(inside, log_p + self.log_inside, log_p + self.log_outside)
+
+    def marginals(self, plain: torch.Tensor) -> torch.Tensor:
+        """p'-marginals [n, k, S] from the plain ones: (1 - eps) (marginals of the share over R) + eps plain."""
+        n, k, symbols = plain.shape
+        matrix = spelling_matrix(self.strings, symbols, keep_pad=True)  # [k*S, |R|]
+        inside = torch.sparse.mm(matrix, self.share.T.contiguous()).T.reshape(n, k, symbols)
+        eps = self.heads.rest_outside
+        return (1 - eps) * inside + eps * plain
 
 
 def _ended(strings: torch.Tensor) -> torch.Tensor:
@@ -289,6 +333,10 @@ class OutputHeads(nn.Module):
 
     def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
         raise NotImplementedError
+
+    def attach_spelling(self, spelling: SpellingTable) -> None:
+        """What a head type needs of the spelling table besides its parameters (set when a SpeLLM is built or
+        loaded); nothing for most."""
 
     def fit_vocabulary(self, spelling: SpellingTable, counts: torch.Tensor | None = None) -> None:
         """Choose what the type keeps of the teacher's vocabulary (the shortlist type: its tokens), from the
@@ -481,11 +529,12 @@ class ShortlistHeads(OutputHeads):
 
     def __init__(self, k: int, n_symbols: int, hidden_size: int, shortlist: int = 4096,
                  rest: HeadKind | str = HeadKind.linear, decoder_size: int = 128, trunk_multiple: int = 4,
-                 dtype: torch.dtype = torch.float32):
+                 rest_outside: float = 1.0, dtype: torch.dtype = torch.float32):
         super().__init__(k, n_symbols, hidden_size)
         if shortlist < 1:
             raise ValueError(f"heads.shortlist={shortlist}: a shortlist needs at least one token.")
         self.size, self.rest = shortlist, check_rest(rest)
+        self.rest_outside = check_rest_outside(rest_outside, self.rest)
         self.weight = nn.Parameter(torch.empty(shortlist, hidden_size, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(shortlist, dtype=dtype))
         nn.init.normal_(self.weight, std=hidden_size**-0.5)
@@ -500,7 +549,9 @@ class ShortlistHeads(OutputHeads):
         self.register_buffer("token_ids", torch.arange(shortlist))
         self.register_buffer("strings", digits)
         self.register_buffer("powers", hash_powers(k), persistent=False)
-        self._index_key, self._index = None, None
+        # the vocabulary's distinct strings (attach_spelling), for a rest renormalised over its own
+        self.register_buffer("vocab_strings", torch.zeros(0, k, dtype=torch.long), persistent=False)
+        self._index_key, self._index, self._rest_key, self._rest_index = None, None, None, None
 
     def settings(self) -> HeadsConfig:
         if self.rest is HeadKind.autoregressive:
@@ -508,8 +559,37 @@ class ShortlistHeads(OutputHeads):
                                decoder_size=self.context.out_features)
         if self.rest is HeadKind.mlp:
             return HeadsConfig(kind=self.kind, shortlist=self.size, rest=self.rest,
-                               trunk_multiple=self.up.out_features // self.hidden_size)
-        return HeadsConfig(kind=self.kind, shortlist=self.size)
+                               trunk_multiple=self.up.out_features // self.hidden_size,
+                               rest_outside=self.rest_outside)
+        return HeadsConfig(kind=self.kind, shortlist=self.size, rest_outside=self.rest_outside)
+
+    def attach_spelling(self, spelling: SpellingTable) -> None:
+        """Keep the vocabulary's distinct strings (spellable tokens, end tokens aside: they spell as EOS)."""
+        keep = spelling.spellable.clone()
+        keep[list(spelling.spellings.end_ids)] = False
+        self.vocab_strings = torch.unique(spelling.table[keep], dim=0).to(self.strings.device)
+
+    def _rest_lookup(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the rest's vocabulary strings R [|R|, k], their sorted keys), rebuilt when the shortlist changes."""
+        key = (self.strings.device, self.strings.data_ptr(), self.strings._version, self.vocab_strings.data_ptr())
+        if self._rest_key != key:
+            if self.vocab_strings.shape[0] == 0:
+                raise RuntimeError("The shortlist's rest vocabulary is unknown: a SpeLLM attaches its spelling "
+                                   "table to its heads (ShortlistHeads.attach_spelling).")
+            strings = self.vocab_strings[self.slot_of(self.vocab_strings) < 0]
+            keys, order = torch.sort(string_keys(strings, self.powers))
+            self._rest_index = (strings[order], keys)
+            self._rest_key = key
+        return self._rest_index
+
+    def rest_strings(self) -> torch.Tensor:
+        return self._rest_lookup()[0]
+
+    def is_rest_string(self, strings: torch.Tensor) -> torch.Tensor:
+        """[..., k] -> [...]: whether each string is one of the rest's vocabulary strings."""
+        rest, keys = self._rest_lookup()
+        position = torch.searchsorted(keys, string_keys(strings, self.powers)).clamp(max=keys.shape[0] - 1)
+        return (rest[position] == strings).all(-1)
 
     @torch.no_grad()
     def fit_vocabulary(self, spelling: SpellingTable, counts: torch.Tensor | None = None) -> None:
@@ -585,6 +665,17 @@ FACTORISED_KINDS = frozenset({HeadKind.linear, HeadKind.mlp})  # distributions t
 REST_KINDS = (HeadKind.linear, HeadKind.mlp, HeadKind.autoregressive)  # what can spell a shortlist's rest
 
 
+def check_rest_outside(rest_outside: float, rest: HeadKind) -> float:
+    """`heads.rest_outside` in (0, 1], and below 1 only for a product rest; a ValueError that says so otherwise."""
+    if not 0 < rest_outside <= 1:
+        raise ValueError(f"heads.rest_outside={rest_outside}: use a share in (0, 1] (1.0: the plain rest; e.g. 0.01: "
+                         "the rest renormalised over its vocabulary strings).")
+    if rest_outside < 1 and rest not in FACTORISED_KINDS:
+        raise ValueError(f"heads.rest_outside={rest_outside} needs a rest that is a product (heads.rest=linear or "
+                         f"mlp), not heads.rest={rest.value}.")
+    return float(rest_outside)
+
+
 def check_rest(rest: HeadKind | str) -> HeadKind:
     """`heads.rest` as a kind that can spell a shortlist's rest; a ValueError that names them otherwise."""
     if HeadKind(rest) not in REST_KINDS:
@@ -615,6 +706,8 @@ def settings_dict(settings: HeadsConfig) -> dict:
     if kind is HeadKind.shortlist and HeadKind(settings.rest) is not HeadKind.linear:
         rest = HeadKind(settings.rest)
         data.update({"rest": rest.value, SIZE_FIELD[rest]: getattr(settings, SIZE_FIELD[rest])})
+    if kind is HeadKind.shortlist and settings.rest_outside != 1.0:  # recorded only when set (older checkpoints)
+        data["rest_outside"] = settings.rest_outside
     return data
 
 
@@ -625,4 +718,5 @@ def heads_label(settings: HeadsConfig | dict) -> str:
     size = data.get("components", data.get("shortlist"))
     label = data["kind"] + (f"-{size}" if size is not None else "")
     rest = HeadKind(data.get("rest", "linear"))
-    return label + (f"+{rest.value}-{data[SIZE_FIELD[rest]]}" if rest is not HeadKind.linear else "")
+    label += f"+{rest.value}-{data[SIZE_FIELD[rest]]}" if rest is not HeadKind.linear else ""
+    return label + (f",rest_outside={data['rest_outside']:g}" if "rest_outside" in data else "")

@@ -67,6 +67,7 @@ class SpeLLM(nn.Module):
         super().__init__()
         self.causal_lm = teacher.model
         self.heads = heads
+        heads.attach_spelling(spelling)
         self.tokenizer, self.info, self.spelling = teacher.tokenizer, teacher.info, spelling
         self.teacher_config = teacher.config
         # device copies of the table, for the loss, scoring and decoding (spelling.* stay on the CPU)

@@ -36,7 +36,7 @@ from spellm_exp.core.charset import (
     build_alphabet,
     check_charset,
 )
-from spellm_exp.core.heads import FACTORISED_KINDS, SIZE_FIELD, check_rest, settings_dict
+from spellm_exp.core.heads import FACTORISED_KINDS, SIZE_FIELD, check_rest, check_rest_outside, settings_dict
 from spellm_exp.core.losses import resolve_objective, token_samples
 from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder, model_config_dict
 from spellm_exp.data.datamodule import DistillDataModule, check_data_config
@@ -92,7 +92,7 @@ def check_heads_config(heads: HeadsConfig, loss: LossConfig, objective: str) -> 
         raise ConfigError(f"heads.{field}={getattr(heads, field)} must be >= 1.")
     if heads.kind is HeadKind.shortlist:
         try:
-            check_rest(heads.rest)
+            check_rest_outside(heads.rest_outside, check_rest(heads.rest))
         except ValueError as err:
             raise ConfigError(str(err)) from err
     rest_field = SIZE_FIELD.get(heads.rest) if heads.kind is HeadKind.shortlist else None
