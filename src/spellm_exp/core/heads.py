@@ -283,12 +283,9 @@ class RestOverVocabulary:
     """A shortlist's rest renormalised over its vocabulary strings R (the spellable tokens' strings that no
     shortlist token spells), eps = `heads.rest_outside` left to every other string:
     p'(s) = p(s) (1 - eps (1 - Z)) / Z on R and eps p(s) elsewhere, Z = p(R) per position; sums to 1, and eps = 1
-    is p itself. Needs a product rest (its scores over R are k gathers)."""
+    is p itself. Needs a product rest (its scores over R are k gathers; check_rest_outside ensures one)."""
 
     def __init__(self, heads: ShortlistHeads, rest: StringDistribution):
-        if not rest.factorised:
-            raise ValueError("heads.rest_outside < 1 needs a rest that is a product (heads.rest=linear or mlp); "
-                             "set heads.rest_outside=1.0 for the autoregressive rest.")
         self.heads, self.strings = heads, heads.rest_strings()
         scores = vocab_scores(rest.marginal_log_probs(), self.strings,
                               torch.ones(self.strings.shape[0], dtype=torch.bool, device=self.strings.device))
@@ -306,7 +303,7 @@ class RestOverVocabulary:
     def marginals(self, plain: torch.Tensor) -> torch.Tensor:
         """p'-marginals [n, k, S] from the plain ones: (1 - eps) (marginals of the share over R) + eps plain."""
         n, k, symbols = plain.shape
-        matrix = spelling_matrix(self.strings, symbols, keep_pad=True)  # [k*S, |R|]
+        matrix = self.heads.rest_symbol_matrix()  # [k*S, |R|]
         inside = torch.sparse.mm(matrix, self.share.T.contiguous()).T.reshape(n, k, symbols)
         eps = self.heads.rest_outside
         return (1 - eps) * inside + eps * plain
@@ -569,8 +566,9 @@ class ShortlistHeads(OutputHeads):
         keep[list(spelling.spellings.end_ids)] = False
         self.vocab_strings = torch.unique(spelling.table[keep], dim=0).to(self.strings.device)
 
-    def _rest_lookup(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the rest's vocabulary strings R [|R|, k], their sorted keys), rebuilt when the shortlist changes."""
+    def _rest_lookup(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the rest's vocabulary strings R [|R|, k] sorted by key, their keys, their symbol matrix), rebuilt when
+        the shortlist or the vocabulary changes."""
         key = (self.strings.device, self.strings.data_ptr(), self.strings._version, self.vocab_strings.data_ptr())
         if self._rest_key != key:
             if self.vocab_strings.shape[0] == 0:
@@ -578,16 +576,20 @@ class ShortlistHeads(OutputHeads):
                                    "table to its heads (ShortlistHeads.attach_spelling).")
             strings = self.vocab_strings[self.slot_of(self.vocab_strings) < 0]
             keys, order = torch.sort(string_keys(strings, self.powers))
-            self._rest_index = (strings[order], keys)
+            self._rest_index = (strings[order], keys, spelling_matrix(strings[order], self.n_symbols, keep_pad=True))
             self._rest_key = key
         return self._rest_index
 
     def rest_strings(self) -> torch.Tensor:
         return self._rest_lookup()[0]
 
+    def rest_symbol_matrix(self) -> torch.Tensor:
+        """Sparse [k*S, |R|]: 1 at (i*S + s_i, r) for each rest vocabulary string r (built once per shortlist)."""
+        return self._rest_lookup()[2]
+
     def is_rest_string(self, strings: torch.Tensor) -> torch.Tensor:
         """[..., k] -> [...]: whether each string is one of the rest's vocabulary strings."""
-        rest, keys = self._rest_lookup()
+        rest, keys, _ = self._rest_lookup()
         position = torch.searchsorted(keys, string_keys(strings, self.powers)).clamp(max=keys.shape[0] - 1)
         return (rest[position] == strings).all(-1)
 
