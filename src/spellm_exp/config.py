@@ -145,6 +145,9 @@ class LossConfig:
     # mass by tail_samples tokens drawn from it (an unbiased estimate); factorised heads need neither
     top_k: int = 16
     tail_samples: int = 4
+    # heads=shortlist with a product rest: the rest's tokens enter the token objective exactly (the teacher's
+    # marginals over them), not through the top_k / tail_samples estimate, which rarely draws one
+    exact_rest: bool = False
     temperature: float = 1.0
     ce_weight: float = 0.0
     chunk_elements: int = 16_777_216  # teacher logits per chunk (positions x |V|): bounds the loss's memory

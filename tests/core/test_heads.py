@@ -19,6 +19,7 @@ from spellm_exp.core.charset import (
     TokenSpellings,
 )
 from spellm_exp.core.heads import Autoregressive, LinearHeads, build_heads, heads_label, settings_dict
+from spellm_exp.core.losses import head_marginals, token_kl
 
 K, SYMBOLS, D = 4, 7, 16
 
@@ -322,3 +323,40 @@ def test_a_rest_over_its_vocabulary_rescales_the_rest_inside_and_outside_and_is_
 def test_a_bad_rest_outside_fails_with_the_fix(settings_, message):
     with pytest.raises(ValueError, match=message):
         build_heads(settings_, TINY_K, TINY_SIGMA, TINY_D)
+
+
+# --- the exact rest loss (loss.exact_rest) -------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["shortlist", "shortlist+mlp", "shortlist,rest_outside"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_exact_rest_loss_equals_the_token_kl_over_every_token(kind, seed):
+    """Targets that take the rest's tokens out of the top/tail estimate and score them by their marginals give the
+    same token KL as scoring every vocabulary token exactly (top_k = |V|, no tail)."""
+    heads = _random_heads(kind, seed)
+    # the vocabulary's rest strings, the shortlist's own strings, and duplicates of both
+    table = torch.cat([TINY_VOCABULARY, heads.strings, TINY_VOCABULARY[:3], heads.strings[:2]])
+    spellable = torch.ones(table.shape[0], dtype=torch.bool)
+    rest = heads.rest_tokens(table, spellable)
+    in_vocabulary = (table.unsqueeze(1) == TINY_VOCABULARY).all(-1).any(-1)
+    assert torch.equal(rest, in_vocabulary & (heads.slot_of(table) < 0))  # the vocabulary's, less the shortlist's
+    assert 0 < rest.sum() < table.shape[0]
+    torch.manual_seed(seed)
+    logits, hidden = torch.randn(4, table.shape[0]) * 2, torch.randn(4, TINY_D)
+    every = head_marginals(logits, table, spellable, TINY_SIGMA, top_k=table.shape[0])
+    split = head_marginals(logits, table, spellable, TINY_SIGMA, top_k=table.shape[0], rest_tokens=rest)
+    q = torch.softmax(logits, -1)
+    torch.testing.assert_close(split.rest_mass, q[:, rest].sum(-1))
+    torch.testing.assert_close(split.rest_marginals.sum(-1), split.rest_mass.unsqueeze(-1).expand(-1, TINY_K))
+    assert (split.top_probs[rest[split.top_ids]] == 0).all()  # the rest's tokens carry no top weight
+    with torch.no_grad():
+        student = heads(hidden)
+        torch.testing.assert_close(token_kl(student, split, table), token_kl(student, every, table))
+
+
+def test_the_exact_rest_loss_needs_a_product_rest():
+    heads = _random_heads("shortlist+autoregressive", 0)
+    table = torch.cat([TINY_VOCABULARY, heads.strings])
+    spellable = torch.ones(table.shape[0], dtype=torch.bool)
+    targets = head_marginals(torch.randn(2, table.shape[0]), table, spellable, TINY_SIGMA, top_k=4,
+                             rest_tokens=heads.rest_tokens(table, spellable))
+    with pytest.raises(ValueError, match="heads.rest=linear or mlp"):
+        token_kl(heads(torch.randn(2, TINY_D)), targets, table)

@@ -86,27 +86,31 @@ def test_every_process_opens_the_store_once_after_the_one_that_creates_it(tmp_pa
     assert opened_in_turn == {0: 0, 2: 1, 1: 2, 3: 2}
 
 
-def _targets_of(hidden: torch.Tensor, top_k: int, tail_samples: int) -> Targets:
-    """Targets of a 3-symbol, k=2 alphabet over a 5-token vocabulary, with the hidden rows as teacher logits."""
+def _targets_of(hidden: torch.Tensor, top_k: int, tail_samples: int, exact_rest: bool = False) -> Targets:
+    """Targets of a 3-symbol, k=2 alphabet over a 5-token vocabulary, with the hidden rows as teacher logits
+    (exact_rest: tokens 1 and 3 are a shortlist's rest)."""
     table = torch.tensor([[1, 2], [2, PAD], [1, PAD], [2, 1], [0, 0]])
     spellable = torch.tensor([True, True, True, True, False])
-    return head_marginals(hidden, table, spellable, 3, top_k=top_k, tail_samples=tail_samples)
+    rest = torch.tensor([False, True, False, True, False]) if exact_rest else None
+    return head_marginals(hidden, table, spellable, 3, top_k=top_k, tail_samples=tail_samples, rest_tokens=rest)
 
 
-@pytest.mark.parametrize("top_k, tail_samples", [(0, 0), (2, 0), (2, 3)])
-def test_target_store_gives_back_exactly_what_it_computed_once_per_block(tmp_path, top_k, tail_samples):
+@pytest.mark.parametrize("top_k, tail_samples, exact_rest", [(0, 0, False), (2, 0, False), (2, 3, False),
+                                                             (1, 2, True)])
+def test_target_store_gives_back_exactly_what_it_computed_once_per_block(tmp_path, top_k, tail_samples, exact_rest):
     torch.manual_seed(0)
     hidden, calls = torch.randn(4, 3, 5), []  # 4 blocks of 3 positions; "hidden" = the teacher's logits here
 
     def compute(rows):
         calls.append(rows.shape[0])
-        return _targets_of(rows, top_k, tail_samples)
+        return _targets_of(rows, top_k, tail_samples, exact_rest)
 
-    store = TargetStore(tmp_path, 4, 3, k=2, n_symbols=3, top_k=top_k, tail_samples=tail_samples, key={"a": 1})
+    store = TargetStore(tmp_path, 4, 3, k=2, n_symbols=3, top_k=top_k, tail_samples=tail_samples, key={"a": 1},
+                        exact_rest=exact_rest)
     first = store.get(torch.tensor([3, 1]), hidden[[3, 1]], compute)
     again = store.get(torch.tensor([1, 3, 0]), hidden[[1, 3, 0]], compute)
     assert calls == [6, 3]  # blocks 3 and 1, then only block 0
-    expected = _targets_of(hidden[[1, 3]].flatten(0, 1), top_k, tail_samples)
+    expected = _targets_of(hidden[[1, 3]].flatten(0, 1), top_k, tail_samples, exact_rest)
     reordered = [3, 4, 5, 0, 1, 2]  # `first` holds blocks 3, 1
     for name in Targets.FIELDS:
         want, got = getattr(expected, name), getattr(again.rows(slice(0, 6)), name)
@@ -117,7 +121,8 @@ def test_target_store_gives_back_exactly_what_it_computed_once_per_block(tmp_pat
         assert torch.equal(got, getattr(first, name)[reordered]), name  # what was stored, bit for bit
         if name != "tail_ids":  # (random draws)
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-    reopened = TargetStore(tmp_path, 4, 3, k=2, n_symbols=3, top_k=top_k, tail_samples=tail_samples, key={"a": 1})
+    reopened = TargetStore(tmp_path, 4, 3, k=2, n_symbols=3, top_k=top_k, tail_samples=tail_samples, key={"a": 1},
+                           exact_rest=exact_rest)
     assert reopened.n_filled == 3
     changed = TargetStore(tmp_path, 4, 3, k=2, n_symbols=3, top_k=top_k, tail_samples=tail_samples, key={"a": 2})
     assert changed.n_filled == 0
@@ -147,8 +152,12 @@ def test_target_cache_needs_the_feature_cache(cache_dir, tmp_path):
         distil(_cfg(cache_dir, tmp_path, "train.cache_targets=true"), tmp_path)
 
 
-def test_a_mixture_reads_the_teachers_top_tokens_and_tail_draws_from_the_target_cache(cache_dir, tmp_path, monkeypatch):
-    cached = ("train.cache_features=true", "train.cache_targets=true", "heads=mixture", "heads.components=2")
+@pytest.mark.parametrize("heads, field", [(("heads=mixture", "heads.components=2"), "top_ids"),
+                                          (("heads=shortlist", "heads.shortlist=64", "loss.exact_rest=true"),
+                                           "rest_marginals")])
+def test_a_token_objective_reads_its_top_tokens_tail_draws_and_rest_from_the_target_cache(cache_dir, tmp_path,
+                                                                                          monkeypatch, heads, field):
+    cached = ("train.cache_features=true", "train.cache_targets=true", *heads)
     first = distil(_cfg(cache_dir, tmp_path / "features", *cached), tmp_path / "first")
     import spellm_exp.training.module as module
 
@@ -157,4 +166,4 @@ def test_a_mixture_reads_the_teachers_top_tokens_and_tail_draws_from_the_target_
     # the same draws and top tokens: the second run is the first one again
     assert second["val"]["val/token_kl"] == pytest.approx(first["val"]["val/token_kl"], rel=1e-5)
     stores = list((tmp_path / "features").glob("*/targets/*/meta.json"))
-    assert len(stores) == 1 and "top_ids" in stores[0].read_text()
+    assert len(stores) == 1 and field in stores[0].read_text()

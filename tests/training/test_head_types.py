@@ -17,7 +17,8 @@ HEADS = {"linear": ["heads=linear"], "mlp": ["heads=mlp", "heads.trunk_multiple=
          "mixture": ["heads=mixture", "heads.components=2"],
          "autoregressive": ["heads=autoregressive", "heads.decoder_size=16"],
          "shortlist": ["heads=shortlist", "heads.shortlist=64"],
-         "shortlist,rest_outside": ["heads=shortlist", "heads.shortlist=64", "heads.rest_outside=0.01"]}
+         "shortlist,rest_outside": ["heads=shortlist", "heads.shortlist=64", "heads.rest_outside=0.01"],
+         "shortlist,exact_rest": ["heads=shortlist", "heads.shortlist=64", "loss.exact_rest=true"]}
 
 
 SHORT_RUN = ("model=tiny_llama", "k=4", "trainer.max_steps=12", "trainer.val_check_interval=12",
@@ -30,7 +31,8 @@ SHORT_RUN = ("model=tiny_llama", "k=4", "trainer.max_steps=12", "trainer.val_che
 def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_dir, tmp_path):
     cfg = _compose(*SHORT_RUN, f"paths.cache_dir={cache_dir}", *HEADS[kind])
     summary = distil(cfg, tmp_path)
-    kind, renormalised = kind.split(",")[0], "," in kind
+    kind, variant = (kind.split(",") + [""])[:2]
+    renormalised = variant == "rest_outside"
     assert summary["heads"]["kind"] == kind and (summary["heads"].get("rest_outside") == 0.01) == renormalised
     assert summary["heads"]["loss_objective"] == ("marginal" if kind in ("linear", "mlp") else "token")
     assert summary["heads"]["kind"] != "shortlist" or summary["heads"]["shortlist"] == 64
@@ -66,6 +68,8 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     (["heads=shortlist", "heads.rest=mlp", "heads.trunk_multiple=0"], r"heads.trunk_multiple=0 must be >= 1"),
     (["heads=shortlist", "heads.rest_outside=1.5"], r"heads.rest_outside=1.5: use a share in \(0, 1\]"),
     (["heads=shortlist", "heads.rest=autoregressive", "heads.rest_outside=0.1"], r"needs a rest that is a product"),
+    (["heads=linear", "loss.exact_rest=true"], r"loss.exact_rest=true is the token objective's exact part"),
+    (["heads=shortlist", "heads.rest=autoregressive", "loss.exact_rest=true"], r"heads.rest=autoregressive, objective"),
     (["train.init_from=/no/such/run"], r"train.init_from=/no/such/run is not a SpeLLM checkpoint"),
 ])
 def test_bad_head_settings_fail_before_any_model_loads(overrides, message, monkeypatch):

@@ -257,6 +257,18 @@ class Shortlist(StringDistribution):
             rest = self.over_vocabulary.rescale(strings, rest)
         return torch.logaddexp(exact, self.log_weights[:, -1:] + rest)
 
+    def rest_cross_entropy(self, rest_marginals: torch.Tensor, rest_mass: torch.Tensor) -> torch.Tensor:
+        """-sum over the rest's tokens t of q(t) log p(S[t]), exactly, per position [n], from the teacher's marginals
+        over those tokens alone ([n, k, S], summing to `rest_mass` q(R) [n] per head): for a product rest,
+        log p(S[t]) = log w_rest (+ the renormalisation over R) + sum_i log p_i(S[t]_i), so the sum splits by head."""
+        if not self.rest.factorised:
+            raise ValueError(f"The exact rest loss (loss.exact_rest) needs a rest that is a product (heads.rest=linear "
+                             f"or mlp), not heads.rest={self.heads.rest.value}.")
+        log_rest = self.log_weights[:, -1].float()
+        if self.over_vocabulary is not None:
+            log_rest = log_rest + self.over_vocabulary.log_inside.squeeze(-1)
+        return -(rest_mass * log_rest + (rest_marginals * self.rest.marginal_log_probs()).sum((-1, -2)))
+
     def greedy(self, forbid_pad_first: bool = True) -> torch.Tensor:
         """The best, by p(s), of the most likely shortlist token's string, the rest's argmax string and (rest
         renormalised over its vocabulary) the rest's most likely vocabulary string."""
@@ -582,6 +594,10 @@ class ShortlistHeads(OutputHeads):
 
     def rest_strings(self) -> torch.Tensor:
         return self._rest_lookup()[0]
+
+    def rest_tokens(self, table: torch.Tensor, spellable: torch.Tensor) -> torch.Tensor:
+        """[|V|] bool: the tokens whose strings are the rest's vocabulary strings (spelled by the rest alone)."""
+        return spellable & self.is_rest_string(table.to(self.strings.device)).to(spellable.device)
 
     def rest_symbol_matrix(self) -> torch.Tensor:
         """Sparse [k*S, |R|]: 1 at (i*S + s_i, r) for each rest vocabulary string r (built once per shortlist)."""

@@ -18,7 +18,10 @@ The token-level objective is the exact forward KL over the teacher's vocabulary 
 For heads that factorise over positions the cross term is exactly -sum_i sum_c q_i(c) log p_i(c), so
 it is the marginal loss summed over heads, plus sum_i H(q_i) - H(q), a constant. For the other head
 types the cross term is taken over the teacher's top-K tokens exactly, and over the rest of its mass
-by tokens sampled from it (an unbiased estimate); with K = |V| it is exact.
+by tokens sampled from it (an unbiased estimate); with K = |V| it is exact. A shortlist whose rest is a
+product (`loss.exact_rest`) takes the rest's tokens R out of that estimate: their part of the cross term,
+-sum_{t in R} q(t) (log w_rest + sum_i log p_i(S[t]_i)), is exactly -q(R) log w_rest - sum_i sum_c
+q^R_i(c) log p_i(c), with q^R_i the teacher's marginals over R alone (one more sparse product).
 """
 
 from __future__ import annotations
@@ -48,8 +51,11 @@ class Targets:
     top_probs: torch.Tensor | None = None  # [N, K], their q
     tail_ids: torch.Tensor | None = None  # [N, T], tokens drawn from q outside the top K
     tail_mass: torch.Tensor | None = None  # [N], q outside the top K
+    rest_marginals: torch.Tensor | None = None  # [N, k, |Sigma|], sum over rest tokens t with S[t, i] = c of q(t)
+    rest_mass: torch.Tensor | None = None  # [N], q(R): the rest tokens' mass (top and tail then leave them out)
 
-    FIELDS = ("marginals", "dropped_mass", "valid", "entropy", "top_ids", "top_probs", "tail_ids", "tail_mass")
+    FIELDS = ("marginals", "dropped_mass", "valid", "entropy", "top_ids", "top_probs", "tail_ids", "tail_mass",
+              "rest_marginals", "rest_mass")
 
     def rows(self, index) -> Targets:
         return Targets(*(None if getattr(self, f) is None else getattr(self, f)[index] for f in self.FIELDS))
@@ -76,11 +82,13 @@ def in_fp32(loss_fn: Callable) -> Callable:
 @in_fp32
 def head_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor,
                    n_symbols: int, temperature: float = 1.0, matrix: torch.Tensor | None = None,
-                   top_k: int = 0, tail_samples: int = 0) -> Targets:
+                   top_k: int = 0, tail_samples: int = 0, rest_tokens: torch.Tensor | None = None) -> Targets:
     """[N, |V|] teacher logits -> per-head marginals of the renormalised spellable distribution, its
     entropy, and (top_k > 0) its top_k tokens and `tail_samples` draws from the rest, for the token objective.
 
-    `matrix` is `spelling_matrix(table, n_symbols)`, passed in to build it once per table.
+    `matrix` is `spelling_matrix(table, n_symbols)`, passed in to build it once per table. `rest_tokens` ([|V|]
+    bool, a shortlist's rest: `ShortlistHeads.rest_tokens`) adds the marginals over those tokens alone and draws
+    the top and tail tokens from the others only.
     """
     if matrix is None:
         matrix = spelling_matrix(table, n_symbols)
@@ -98,9 +106,22 @@ def head_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable:
     q = probs * spellable / spell_mass.clamp(min=_EPS).unsqueeze(-1)
     entropy = -(q * torch.log(q.clamp(min=_EPS))).sum(-1)
     targets = Targets(marginals, 1.0 - spell_mass, valid, entropy)
+    if rest_tokens is not None:
+        q_rest = q * rest_tokens.to(q.dtype)
+        targets.rest_mass = q_rest.sum(-1)
+        targets.rest_marginals = _marginals_with_pad(matrix, q_rest, targets.rest_mass, k, n_symbols)
+        q = q - q_rest
     if top_k > 0:
         _add_top_and_tail(targets, q, top_k, tail_samples)
     return targets
+
+
+def _marginals_with_pad(matrix: torch.Tensor, weights: torch.Tensor, mass: torch.Tensor, k: int,
+                        n_symbols: int) -> torch.Tensor:
+    """[N, k, S]: sum over tokens t with S[t, i] = c of weights[:, t]; PAD gets what the characters leave of `mass`."""
+    marginals = torch.sparse.mm(matrix, weights.T.contiguous()).T.reshape(-1, k, n_symbols)
+    marginals[:, :, PAD] = (mass.unsqueeze(-1) - marginals.sum(-1)).clamp(min=0.0)
+    return marginals
 
 
 def _add_top_and_tail(targets: Targets, q: torch.Tensor, top_k: int, tail_samples: int) -> None:
@@ -121,12 +142,13 @@ def _add_top_and_tail(targets: Targets, q: torch.Tensor, top_k: int, tail_sample
 def chunked_head_marginals(hidden: torch.Tensor, teacher_logits_fn: Callable[[torch.Tensor], torch.Tensor],
                            table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,
                            temperature: float = 1.0, chunk_size: int = 256,
-                           matrix: torch.Tensor | None = None, top_k: int = 0, tail_samples: int = 0) -> Targets:
+                           matrix: torch.Tensor | None = None, top_k: int = 0, tail_samples: int = 0,
+                           rest_tokens: torch.Tensor | None = None) -> Targets:
     """The same targets from hidden states [N, d], computing teacher logits `chunk_size` rows at a time."""
     if matrix is None:
         matrix = spelling_matrix(table, n_symbols)
     return Targets.cat([head_marginals(teacher_logits_fn(hidden[start:start + chunk_size]), table, spellable,
-                                       n_symbols, temperature, matrix, top_k, tail_samples)
+                                       n_symbols, temperature, matrix, top_k, tail_samples, rest_tokens)
                         for start in range(0, hidden.shape[0], chunk_size)])
 
 
@@ -172,6 +194,10 @@ def token_kl(student: StringDistribution, targets: Targets, table: torch.Tensor)
         cross = -(targets.top_probs * student.log_prob(table[targets.top_ids])).sum(-1)
         if targets.tail_ids.shape[1] > 0:
             cross = cross - targets.tail_mass * student.log_prob(table[targets.tail_ids]).mean(-1)
+        if targets.rest_marginals is not None:
+            if not hasattr(student, "rest_cross_entropy"):
+                raise ValueError("Targets with the rest's marginals (loss.exact_rest) fit only shortlist heads.")
+            cross = cross + student.rest_cross_entropy(targets.rest_marginals, targets.rest_mass)
     return torch.where(targets.valid, cross - targets.entropy, 0.0)
 
 

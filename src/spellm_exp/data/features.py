@@ -133,13 +133,15 @@ class TargetStore(BlockStore):
     """
 
     def __init__(self, folder: str | Path, n_blocks: int, block_size: int, k: int, n_symbols: int,
-                 top_k: int, tail_samples: int, key: dict):
+                 top_k: int, tail_samples: int, key: dict, exact_rest: bool = False):
         fields = {"marginals": ((block_size, k, n_symbols), np.float32), "dropped_mass": ((block_size,), np.float32),
                   "valid": ((block_size,), np.uint8), "entropy": ((block_size,), np.float32)}
         if top_k > 0:
             fields |= {"top_ids": ((block_size, top_k), np.int32), "top_probs": ((block_size, top_k), np.float32)}
         if top_k > 0 and tail_samples > 0:  # (a file cannot map zero bytes: no tail, no tail fields)
             fields |= {"tail_ids": ((block_size, tail_samples), np.int32), "tail_mass": ((block_size,), np.float32)}
+        if exact_rest:  # loss.exact_rest: the shortlist's rest tokens' own marginals and mass
+            fields |= {"rest_marginals": ((block_size, k, n_symbols), np.float32), "rest_mass": ((block_size,), np.float32)}
         meta = {"n_blocks": n_blocks, "fields": {name: [list(shape), np.dtype(dtype).name]
                                                  for name, (shape, dtype) in fields.items()}, "key": key}
         super().__init__(folder, n_blocks, fields, meta)

@@ -6,6 +6,7 @@ SpeLLM they need.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -46,7 +47,7 @@ from spellm_exp.teachers import TeacherConfigError, check_model_config, load_tea
 from spellm_exp.training.callbacks import ReplicaCheck, SpeLLMExport
 from spellm_exp.training.distributed import check_launch
 from spellm_exp.training.loggers import build_loggers
-from spellm_exp.training.module import DistillModule
+from spellm_exp.training.module import DistillModule, exact_rest_tokens
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,11 @@ def check_heads_config(heads: HeadsConfig, loss: LossConfig, objective: str) -> 
         if loss.temperature != 1.0:
             raise ConfigError(f"loss.temperature={loss.temperature}: heads={heads.kind.value} has no per-position "
                               "logits to soften; use loss.temperature=1.")
+    if loss.exact_rest and (heads.kind is not HeadKind.shortlist or HeadKind(heads.rest) not in FACTORISED_KINDS
+                            or objective != "token"):
+        raise ConfigError("loss.exact_rest=true is the token objective's exact part for a shortlist's product rest: "
+                          f"it needs heads=shortlist with heads.rest=linear or mlp (here heads={heads.kind.value}, "
+                          f"heads.rest={HeadKind(heads.rest).value}, objective {objective}); set loss.exact_rest=false.")
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -218,5 +224,9 @@ def target_store(features: FeatureStore, spellm: SpeLLM, loss: LossConfig, datam
     top_k, tail_samples = token_samples(loss, spellm.heads.kind)
     key = {"features": features.meta["key"], "spelling": spellm.spelling.fingerprint(),
            "temperature": loss.temperature, "top_k": top_k, "tail_samples": tail_samples}
+    rest = exact_rest_tokens(spellm, loss)
+    if rest is not None:  # which tokens are the rest's: the shortlist's choice (only then in the key: older stores)
+        key["rest_tokens"] = hashlib.sha256(rest.cpu().numpy().tobytes()).hexdigest()[:16]
     return TargetStore(features.folder / "targets" / feature_key(key), datamodule.n_blocks,
-                       datamodule.cfg.block_size, spellm.k, spellm.alphabet.size, top_k, tail_samples, key)
+                       datamodule.cfg.block_size, spellm.k, spellm.alphabet.size, top_k, tail_samples, key,
+                       exact_rest=rest is not None)

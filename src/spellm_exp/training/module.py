@@ -39,6 +39,14 @@ from spellm_exp.data.features import FeatureStore, TargetStore
 from spellm_exp.training.distributed import check_same_on_every_rank
 
 
+def exact_rest_tokens(spellm: SpeLLM, loss: LossConfig) -> torch.Tensor | None:
+    """[|V|] bool, the shortlist's rest tokens whose part of the token objective is exact (`loss.exact_rest`);
+    None when the loss estimates every token's part."""
+    if not loss.exact_rest:
+        return None
+    return spellm.heads.rest_tokens(spellm.spelling_table, spellm.spellable)
+
+
 class DistillModule(LightningModule):
     def __init__(self, spellm: SpeLLM, train: TrainConfig, loss: LossConfig, features: FeatureStore | None = None,
                  targets: TargetStore | None = None):
@@ -67,6 +75,7 @@ class DistillModule(LightningModule):
         else:
             self.teacher_lm = copy.deepcopy(spellm.causal_lm).requires_grad_(False).eval()
         self.register_buffer("spelling_matrix", spelling_matrix(self.table, spellm.alphabet.size), persistent=False)
+        self.register_buffer("rest_tokens", exact_rest_tokens(spellm, loss), persistent=False)
         self._batch_started = 0.0
         self._val_chars_counts = torch.zeros(2, spellm.k)  # (agreements, positions) per head, per validation
 
@@ -132,7 +141,7 @@ class DistillModule(LightningModule):
             return chunked_head_marginals(
                 rows, lambda h: teacher_head(teacher_lm, h), self.table, self.spellable, self.spellm.alphabet.size,
                 self.loss_cfg.temperature, self.loss_cfg.chunk_positions(self.table.shape[0]), self.spelling_matrix,
-                self._top_k, self._tail_samples)
+                self._top_k, self._tail_samples, self.rest_tokens)
 
         with torch.no_grad():
             if self.targets is not None and index is not None:
