@@ -331,6 +331,14 @@ class SpellingTable:
     def vocab_size(self) -> int:
         return self.table.shape[0]
 
+    @property
+    def spelled(self) -> torch.Tensor:
+        """[|V|] bool: the tokens whose strings are text, the spellable ones less the end tokens (which spell as
+        EOS): what a string lookup or a vocabulary of strings keeps."""
+        spelled = self.spellable.clone()
+        spelled[list(self.spellings.end_ids)] = False
+        return spelled
+
     def fingerprint(self) -> str:
         """A hash of the alphabet, k and the table: saved with a model, checked on load."""
         digest = hashlib.sha256(json.dumps(self.alphabet.to_json()).encode())

@@ -574,9 +574,7 @@ class ShortlistHeads(OutputHeads):
 
     def attach_spelling(self, spelling: SpellingTable) -> None:
         """Keep the vocabulary's distinct strings (spellable tokens, end tokens aside: they spell as EOS)."""
-        keep = spelling.spellable.clone()
-        keep[list(spelling.spellings.end_ids)] = False
-        self.vocab_strings = torch.unique(spelling.table[keep], dim=0).to(self.strings.device)
+        self.vocab_strings = torch.unique(spelling.table[spelling.spelled], dim=0).to(self.strings.device)
 
     def _rest_lookup(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(the rest's vocabulary strings R [|R|, k] sorted by key, their keys, their symbol matrix), rebuilt when

@@ -57,9 +57,7 @@ class VocabLookup(nn.Module):
         table = spelling.table
         self.register_buffer("powers", hash_powers(table.shape[1]), persistent=False)
         # spelled strings only: end tokens spell as EOS and are not looked up (the EOS row is the end)
-        strings = spelling.spellable.clone()
-        strings[list(spelling.spellings.end_ids)] = False
-        ids = torch.nonzero(strings).flatten()
+        ids = torch.nonzero(spelling.spelled).flatten()
         keys = self.keys(table[ids])
         order = torch.argsort(keys, stable=True)  # ids ascend within equal keys: the lowest id comes first
         keys, ids = keys[order], ids[order]
