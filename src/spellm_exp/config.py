@@ -130,6 +130,9 @@ class TrainConfig:
     # a SpeLLM checkpoint (run or spellm folder) of the same teacher, k and alphabet whose head parameters of the
     # same name and shape start this run (e.g. a trained shortlist's rows, gate and heads under a new decoder)
     init_from: str | None = None
+    # parts of the heads (their attribute names: a shortlist's weight, bias, gate, linear, ...) that stay as they
+    # start, e.g. a trained shortlist's rows and gate while only its rest trains on top of it (train.init_from)
+    freeze_heads: list[str] = field(default_factory=list)
 
 
 class LossObjective(str, Enum):

@@ -70,6 +70,7 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     (["heads=shortlist", "heads.rest=autoregressive", "heads.rest_outside=0.1"], r"needs a rest that is a product"),
     (["heads=linear", "loss.exact_rest=true"], r"loss.exact_rest=true is the token objective's exact part"),
     (["heads=shortlist", "heads.rest=autoregressive", "loss.exact_rest=true"], r"heads.rest=autoregressive, objective"),
+    (["heads=shortlist", "train.freeze_heads=[gate,nope]"], r"train.freeze_heads: shortlist-4096 heads have no part 'nope'; theirs: bias, gate, linear, weight"),
     (["train.init_from=/no/such/run"], r"train.init_from=/no/such/run is not a SpeLLM checkpoint"),
 ])
 def test_bad_head_settings_fail_before_any_model_loads(overrides, message, monkeypatch):
@@ -128,3 +129,18 @@ def test_token_objective_on_linear_heads_trains_the_same_direction_as_the_margin
         parts.total.backward()
         grads[objective] = spellm.heads.weight.grad.clone()
     torch.testing.assert_close(grads["token"], 4 * grads["marginal"], atol=1e-6, rtol=1e-4)
+
+
+def test_frozen_head_parts_stay_as_they_start_while_the_rest_trains(cache_dir, tmp_path):
+    """train.freeze_heads: two runs at different rates end with the same shortlist rows and gate (their start)
+    and different rest heads."""
+    frozen = ("heads=shortlist", "heads.shortlist=64", "train.freeze_heads=[weight,bias,gate]")
+    heads = {}
+    for lr in ("1e-2", "1e-1"):
+        distil(_compose(*SHORT_RUN, f"paths.cache_dir={cache_dir}", *frozen, f"train.lr={lr}"), tmp_path / lr)
+        heads[lr] = SpeLLM.load(tmp_path / lr / "spellm", cache_dir=cache_dir).heads
+    slow, fast = heads["1e-2"], heads["1e-1"]
+    for name in ("weight", "bias"):
+        assert torch.equal(getattr(slow, name), getattr(fast, name)), name
+    assert torch.equal(slow.gate.weight, fast.gate.weight) and torch.equal(slow.gate.bias, fast.gate.bias)
+    assert not torch.equal(slow.linear.weight, fast.linear.weight)

@@ -337,6 +337,14 @@ class OutputHeads(nn.Module):
         super().__init__()
         self.k, self.n_symbols, self.hidden_size = k, n_symbols, hidden_size
 
+    def part(self, name: str) -> nn.Module | nn.Parameter:
+        """A part of the heads by its attribute name (a parameter or a submodule); a ValueError that lists them."""
+        parts = dict(self.named_children()) | dict(self.named_parameters(recurse=False))
+        if name not in parts:
+            raise ValueError(f"{heads_label(self.settings())} heads have no part {name!r}; theirs: "
+                             f"{', '.join(sorted(parts))}.")
+        return parts[name]
+
     def settings(self) -> HeadsConfig:
         return HeadsConfig(kind=self.kind)
 

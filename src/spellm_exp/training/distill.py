@@ -37,7 +37,14 @@ from spellm_exp.core.charset import (
     build_alphabet,
     check_charset,
 )
-from spellm_exp.core.heads import FACTORISED_KINDS, SIZE_FIELD, check_rest, check_rest_outside, settings_dict
+from spellm_exp.core.heads import (
+    FACTORISED_KINDS,
+    SIZE_FIELD,
+    build_heads,
+    check_rest,
+    check_rest_outside,
+    settings_dict,
+)
 from spellm_exp.core.losses import resolve_objective, token_samples
 from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder, model_config_dict
 from spellm_exp.data.datamodule import DistillDataModule, check_data_config
@@ -82,6 +89,11 @@ def check_train_config(cfg: DictConfig) -> None:
     if train.init_from is not None and checkpoint_folder(train.init_from) is None:
         raise ConfigError(f"train.init_from={train.init_from} is not a SpeLLM checkpoint or a training run folder "
                           f"(no {META_FILE} in it or in its spellm/ subfolder).")
+    for name in train.freeze_heads:  # the parts of a head type do not depend on its sizes: probe a tiny one
+        try:
+            build_heads(heads, 2, 4, 4).part(name)
+        except ValueError as err:
+            raise ConfigError(f"train.freeze_heads: {err}") from err
     if train.cache_targets and not train.cache_features:
         raise ConfigError("train.cache_targets=true computes the targets from the cached backbone outputs: add "
                           "train.cache_features=true.")

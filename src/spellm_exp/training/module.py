@@ -74,6 +74,8 @@ class DistillModule(LightningModule):
             self.peft_model = get_peft_model(spellm.causal_lm, lora)
         else:
             self.teacher_lm = copy.deepcopy(spellm.causal_lm).requires_grad_(False).eval()
+        for name in train.freeze_heads:
+            spellm.heads.part(name).requires_grad_(False)
         self.register_buffer("spelling_matrix", spelling_matrix(self.table, spellm.alphabet.size), persistent=False)
         self.register_buffer("rest_tokens", exact_rest_tokens(spellm, loss), persistent=False)
         self._batch_started = 0.0
