@@ -125,6 +125,41 @@ def test_table1_distils_scores_and_can_leave_out_head_types_not_distilled_yet(ca
 
     write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY, "shortlist_16": shortlist}), "test")
     tidy = pd.read_csv(tmp_path / "results" / "table1.csv")
+    archive = tmp_path / "results" / "table1_evals" / "quick" / "llama"
+    assert sorted(p.name for p in archive.iterdir()) == ["linear", "shortlist_16", "teacher"]
     assert set(tidy["head_type"].dropna()) == {"linear", "shortlist-16"}
     markdown = (tmp_path / "results" / "table1.md").read_text()
     assert "| SpeLLM k=4 chars-64+esc shortlist-16 - teacher |" in markdown and "Left out" not in markdown
+
+
+def test_table1_rebuilds_from_its_archived_evaluations_without_the_runs(cache_dir, tmp_path):
+    """Each row's evaluation is archived under results/table1_evals; on a machine without the runs (outputs/ gone)
+    the same table is read back from there, nothing distilled or scored, unless the settings changed or
+    reuse_archived=false."""
+    import shutil
+
+    from spellm_exp.reporting.table1 import write_table1
+
+    write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY}), "test")
+    results = tmp_path / "results"
+    first = (results / "table1.csv").read_text()
+    archived = results / "table1_evals" / "quick" / "llama" / "linear"
+    stored = json.loads((archived / "results.json").read_text())
+    assert stored["spellm_exp"]["row"]["label"] == "SpeLLM k=4 chars-64+esc linear"
+    assert stored["spellm_exp"]["provenance"]["config"]["settings"]["overrides"] == TINY
+    assert (archived / "samples.jsonl").read_text().count('"task": "arc_easy"') == 3  # profiles.quick.limit=3
+    shutil.rmtree(tmp_path / "outputs")
+
+    write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY}, "distil_missing=false"), "test")
+    assert not (tmp_path / "outputs").exists()  # nothing distilled or scored
+    assert (results / "table1.csv").read_text() == first  # the same rows, from the archive
+    markdown = (results / "table1.md").read_text()
+    assert "Read back from those archived evaluations" in markdown and "llama teacher" in markdown
+
+    # another document count is another evaluation: not read back, so (without its run) left out
+    write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY}, "distil_missing=false",
+                                "profiles.quick.limit=2"), "test")
+    assert "Left out, not distilled yet (`distil_missing=false`): llama linear." in (results / "table1.md").read_text()
+    write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY}, "distil_missing=false",
+                                "reuse_archived=false"), "test")
+    assert "Left out, not distilled yet" in (results / "table1.md").read_text()

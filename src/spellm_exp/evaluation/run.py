@@ -73,12 +73,11 @@ def evaluate_or_reuse(lm: SpeLLMHarnessLM, tasks: list[str], out_dir: Path, num_
     shots, scoring mode, and `identity`: whatever else decides the scores, such as the model and the code;
     kept in their provenance next to `config`), else evaluated now. Tasks the folder lacks are evaluated and
     added to it, so adding a task to a table scores only that task."""
-    settings = {"tasks": list(tasks), "limit": limit, "num_fewshot": num_fewshot, "score": lm.score_mode,
-                **(identity or {})}
+    settings = evaluation_settings(tasks, limit, num_fewshot, lm.score_mode, identity)
     done = out_dir / "results.json"
     stored = json.loads(done.read_text()) if done.exists() else None
-    stored_settings = stored["spellm_exp"]["provenance"]["config"].get("settings", {}) if stored else {}
-    if stored is None or {**stored_settings, "tasks": None} != {**settings, "tasks": None}:
+    stored_settings = _settings_of(stored) if stored else {}
+    if stored is None or not _same_settings(stored_settings, settings):
         return evaluate_lm(lm, tasks, out_dir, num_fewshot, limit, {**(config or {}), "settings": settings})["results"]
     missing = [task for task in tasks if task not in stored_settings["tasks"]]
     if not missing:
@@ -89,6 +88,51 @@ def evaluate_or_reuse(lm: SpeLLMHarnessLM, tasks: list[str], out_dir: Path, num_
     added = evaluate_lm(lm, missing, added_dir, num_fewshot, limit,
                         {**(config or {}), "settings": {**settings, "tasks": missing}})
     return _merge_into(out_dir, stored, added, added_dir, missing)
+
+
+def evaluation_settings(tasks: list[str], limit: int | None, num_fewshot: int, score: str,
+                        identity: dict | None = None) -> dict:
+    """What decides an evaluation's scores: its tasks, documents, shots, scoring mode and `identity` (the model,
+    its variant, the run's overrides)."""
+    return {"tasks": list(tasks), "limit": limit, "num_fewshot": num_fewshot, "score": score, **(identity or {})}
+
+
+def _settings_of(stored: dict) -> dict:
+    return stored["spellm_exp"]["provenance"]["config"].get("settings", {})
+
+
+def _same_settings(stored: dict, settings: dict) -> bool:
+    """The same settings but perhaps other tasks."""
+    return {**stored, "tasks": None} == {**settings, "tasks": None}
+
+
+# what a table needs of an evaluation: its metrics and our block (provenance, settings, failures, the row's labels)
+_ARCHIVED_KEYS = ("results", "n-samples", "n-shot", "versions", "higher_is_better", "spellm_exp")
+
+
+def archive_evaluation(eval_dir: Path, archive_dir: Path, row: dict) -> None:
+    """Copy an evaluation's metrics, per-document scores and provenance, plus `row` (the labels a table gives it),
+    into `archive_dir` under results/, so that a table can be rebuilt, and its paired differences checked,
+    without the run that wrote it."""
+    stored = json.loads((eval_dir / "results.json").read_text())
+    kept = {key: stored[key] for key in _ARCHIVED_KEYS if key in stored}
+    kept["spellm_exp"] = {**kept["spellm_exp"], "row": row}
+    archive_dir.mkdir(parents=True, exist_ok=True)
+    (archive_dir / "results.json").write_text(json.dumps(kept, indent=2, default=str) + "\n")
+    shutil.copyfile(eval_dir / "samples.jsonl", archive_dir / "samples.jsonl")
+
+
+def archived_evaluation(archive_dir: Path, settings: dict) -> dict | None:
+    """The archived evaluation in `archive_dir` (its results.json) when it was written with `settings` and holds
+    all of their tasks; None otherwise."""
+    done = archive_dir / "results.json"
+    if not done.exists():
+        return None
+    stored = json.loads(done.read_text())
+    stored_settings = _settings_of(stored)
+    if not _same_settings(stored_settings, settings) or not set(settings["tasks"]) <= set(stored_settings["tasks"]):
+        return None
+    return stored
 
 
 def _merge_into(out_dir: Path, stored: dict, added: dict, added_dir: Path, missing: list[str]) -> dict:

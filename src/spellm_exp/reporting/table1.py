@@ -3,7 +3,9 @@
 For each teacher of the profile: reuse (or distil) its k=16 SpeLLM of each head type in `head_types`
 (the paper's linear heads first), score teacher and SpeLLMs on the offline lm-eval tasks with the same
 harness code, and write one row per model and variant, one column per task, the average, and SpeLLM minus
-teacher with the standard error of the paired per-document differences.
+teacher with the standard error of the paired per-document differences. Each row's evaluation is archived under
+results/table1_evals/, and read back from there when its settings match, so the table can be rebuilt (and grown
+one head type at a time) without the runs.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from spellm_exp.core.heads import heads_label
 from spellm_exp.core.spellm import META_FILE, SpeLLM
 from spellm_exp.evaluation.harness import SpeLLMHarnessLM
 from spellm_exp.evaluation.metrics import harness_results
-from spellm_exp.evaluation.run import evaluate_or_reuse
+from spellm_exp.evaluation.run import archive_evaluation, archived_evaluation, evaluate_or_reuse, evaluation_settings
 from spellm_exp.evaluation.tasks import check_tasks
 from spellm_exp.experiments.runs import is_finished, run_folder, trained_run
 from spellm_exp.provenance import provenance
 from spellm_exp.reporting.quality import accuracy_row, difference_row
 from spellm_exp.reporting.tables import write_table
 from spellm_exp.teachers import load_teacher
+
+ARCHIVE = "table1_evals"  # under results/: each row's evaluation, per profile, model and variant
 
 
 def spellm_rows(model: str, label: str, name: str, teacher_dir: Path, spellm_dir: Path, tasks: list[str],
@@ -37,9 +41,42 @@ def spellm_rows(model: str, label: str, name: str, teacher_dir: Path, spellm_dir
     return [spellm, diff], spellm_tidy + diff_tidy
 
 
+def _score_run(cfg: DictConfig, model: str, experiment: str, head_type: str, overrides: tuple, archive: Path,
+               tasks: list[str], limit: int | None, common: dict, config: dict, teacher_settings: dict,
+               settings: dict) -> dict:
+    """Distil (or reuse) the SpeLLM of one head type, score it and, unless archived with these settings, its
+    teacher, with the same harness code; archive both; return the SpeLLM's row labels."""
+    suffix = f"_{head_type}" if overrides else ""
+    run_dir = trained_run(experiment, cfg.profile, cfg.paths.output_dir, cfg.paths.cache_dir, overrides, suffix)
+    spellm = SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir)
+    eval_dir = run_dir / "eval" / f"table1-{cfg.profile}"
+    teacher_row = {"model": spellm.info.description}
+    if archived_evaluation(archive / "teacher", teacher_settings) is None:
+        frozen = json.loads((run_dir / "spellm" / META_FILE).read_text())["backbone"] == "frozen"
+        teacher = None if frozen else load_teacher(spellm.teacher_config)  # a trained backbone is not it
+        lm = SpeLLMHarnessLM(variant="teacher", spellm=None if teacher else spellm, teacher=teacher, **common)
+        evaluate_or_reuse(lm, tasks, eval_dir / "teacher", cfg.num_fewshot, limit, teacher_settings, config)
+        archive_evaluation(eval_dir / "teacher", archive / "teacher", teacher_row)
+    lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common)
+    # a finished evaluation with the same settings is reused (adding a head type scores only that one)
+    evaluate_or_reuse(lm, tasks, eval_dir / "spellm", cfg.num_fewshot, limit, settings, config)
+    head_label = heads_label(spellm.heads.settings())  # e.g. shortlist-16384: the type and its size
+    scored = json.loads((eval_dir / "spellm" / "results.json").read_text())["spellm_exp"]
+    row = {**teacher_row, "label": f"SpeLLM k={spellm.k} {spellm.alphabet.label} {head_label}",
+           "head_label": head_label, "segmentation_failures": scored["segmentation_failures"]}
+    archive_evaluation(eval_dir / "spellm", archive / head_type, row)
+    return row
+
+
+def _written(stored: dict) -> str:
+    """An archived evaluation's git SHA and date."""
+    made = stored["spellm_exp"]["provenance"]
+    return f"{str(made.get('git_sha', '?'))[:7]}, {str(made.get('date', '?'))[:10]}"
+
+
 def write_table1(cfg: DictConfig, command: str) -> list[Path]:
-    """Distil or reuse each SpeLLM of `cfg.profile` (one per teacher and head type), score them and their
-    teacher, and write the table."""
+    """Reuse the archived evaluations of `cfg.profile` (results/table1_evals), or distil or reuse each SpeLLM (one
+    per teacher and head type) and score it and its teacher, archiving what was scored; then write the table."""
     started = provenance(OmegaConf.to_container(cfg, resolve=True))  # the code as it was when the run began
     if cfg.profile not in cfg.profiles:
         raise ValueError(f"profile={cfg.profile} is unknown; use one of {list(cfg.profiles)}.")
@@ -47,44 +84,43 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
     tasks = check_tasks(list(cfg.tasks))
     config = OmegaConf.to_container(cfg, resolve=True)
     common = dict(batch_size=cfg.batch_size, score=cfg.score)
-    wide, tidy, failures, left_out = [], [], {}, []
+    wide, tidy, failures, left_out, read_back = [], [], {}, [], []
     for model in profile.models:
         experiment = cfg.experiments[model]
+        archive = Path(cfg.paths.results_dir) / ARCHIVE / cfg.profile / model
+        teacher_settings = evaluation_settings(tasks, profile.limit, cfg.num_fewshot, cfg.score,
+                                               {"model": model, "variant": "teacher"})
         teacher_dir, teacher_results = None, None
         for head_type, overrides in cfg.head_types.items():
             # a head type without overrides is the experiment as it is (the paper's linear heads)
             suffix = f"_{head_type}" if overrides else ""
-            if not cfg.distil_missing and not is_finished(run_folder(cfg.paths.output_dir, experiment,
-                                                                      cfg.profile, suffix)):
-                left_out.append(f"{model} {head_type}")
-                continue
-            run_dir = trained_run(experiment, cfg.profile, cfg.paths.output_dir, cfg.paths.cache_dir,
-                                  tuple(overrides), suffix)
-            spellm = SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir)
-            eval_dir = run_dir / "eval" / f"table1-{cfg.profile}"
-            if teacher_dir is None:  # the teacher, scored once per model with the same harness code
-                frozen = json.loads((run_dir / "spellm" / META_FILE).read_text())["backbone"] == "frozen"
-                teacher = None if frozen else load_teacher(spellm.teacher_config)  # a trained backbone is not it
-                lm = SpeLLMHarnessLM(variant="teacher", spellm=None if teacher else spellm, teacher=teacher, **common)
-                teacher_dir = eval_dir / "teacher"
-                evaluate_or_reuse(lm, tasks, teacher_dir, cfg.num_fewshot, profile.limit,
-                                  {"model": model, "variant": "teacher"}, config)
+            settings = evaluation_settings(tasks, profile.limit, cfg.num_fewshot, cfg.score,
+                                           {"model": model, "variant": "spellm", "head_type": head_type,
+                                            "experiment": experiment, "overrides": list(overrides)})
+            archived = {name: archived_evaluation(archive / name, wanted) for name, wanted in
+                        (("teacher", teacher_settings), (head_type, settings))}
+            if cfg.reuse_archived and all(archived.values()):
+                row = archived[head_type]["spellm_exp"]["row"]
+                read_back += [f"{model} {name} ({_written(stored)})" for name, stored in archived.items()
+                              if name != "teacher" or teacher_dir is None]
+            else:
+                if not cfg.distil_missing and not is_finished(run_folder(cfg.paths.output_dir, experiment,
+                                                                          cfg.profile, suffix)):
+                    left_out.append(f"{model} {head_type}")
+                    continue
+                row = _score_run(cfg, model, experiment, head_type, tuple(overrides), archive, tasks, profile.limit,
+                                 common, config, teacher_settings, settings)
+            if teacher_dir is None:  # the teacher's row, once per model
+                teacher_dir = archive / "teacher"
                 teacher_results = harness_results(teacher_dir)
-                row, records = accuracy_row(spellm.info.description, "teacher", "teacher", teacher_results, tasks)
-                wide.append(row)
+                teacher_row, records = accuracy_row(row["model"], "teacher", "teacher", teacher_results, tasks)
+                wide.append(teacher_row)
                 tidy += records
-            lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common)
-            # a finished evaluation with the same settings is reused (adding a head type scores only that one)
-            evaluate_or_reuse(lm, tasks, eval_dir / "spellm", cfg.num_fewshot, profile.limit,
-                              {"model": model, "variant": "spellm", "head_type": head_type}, config)
-            failures[f"{model} {head_type}"] = lm.failures
-            head_label = heads_label(spellm.heads.settings())  # e.g. shortlist-16384: the type and its size
-            label = f"SpeLLM k={spellm.k} {spellm.alphabet.label} {head_label}"
-            rows, records = spellm_rows(spellm.info.description, label, f"spellm {head_type}", teacher_dir,
-                                        eval_dir / "spellm", tasks, teacher_results)
+            failures[f"{model} {head_type}"] = row["segmentation_failures"]
+            rows, records = spellm_rows(row["model"], row["label"], f"spellm {head_type}", teacher_dir,
+                                        archive / head_type, tasks, teacher_results)
             wide += rows
-            tidy += [{**record, "head_type": head_label} for record in records]
-            del spellm, lm
+            tidy += [{**record, "head_type": row["head_label"]} for record in records]
 
     limit = "every document" if profile.limit is None else f"the first {profile.limit} documents per task"
     notes = [
@@ -107,6 +143,11 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         "project's extensions, each distilled with the same training profile (results/quality_ablation.md compares "
         "all of them with their ceilings).",
     ]
+    notes.append(f"Per-document scores and provenance of every row: `{ARCHIVE}/{cfg.profile}/<model>/<variant>/` "
+                 "(results.json, samples.jsonl), written by the run that scored it.")
+    if read_back:
+        notes.append("Read back from those archived evaluations, not scored again (`reuse_archived=true`; their runs "
+                     f"need not be on this machine): {', '.join(read_back)}.")
     if left_out:
         notes.append(f"Left out, not distilled yet (`distil_missing=false`): {', '.join(left_out)}. "
                      "`make reproduce-table1` distils them and adds their rows.")
