@@ -120,7 +120,8 @@ def test_table1_distils_scores_and_can_leave_out_head_types_not_distilled_yet(ca
     assert [p.name for p in runs.iterdir()] == ["smollm2_k16_quick_linear"]  # nothing distilled
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")} == stamps  # nothing scored again
     markdown = (tmp_path / "results" / "table1.md").read_text()
-    assert "Left out, not distilled yet (`distil_missing=false`): llama shortlist_16." in markdown
+    assert "Left out, neither archived with these settings nor distilled by this call" in markdown
+    assert "not in `only`): llama shortlist_16." in markdown
     assert "SpeLLM k=4 chars-64+esc linear - teacher" in markdown and "shortlist-16" not in markdown
 
     write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY, "shortlist_16": shortlist}), "test")
@@ -159,7 +160,18 @@ def test_table1_rebuilds_from_its_archived_evaluations_without_the_runs(cache_di
     # another document count is another evaluation: not read back, so (without its run) left out
     write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY}, "distil_missing=false",
                                 "profiles.quick.limit=2"), "test")
-    assert "Left out, not distilled yet (`distil_missing=false`): llama linear." in (results / "table1.md").read_text()
+    assert "not in `only`): llama linear." in (results / "table1.md").read_text()
     write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY}, "distil_missing=false",
                                 "reuse_archived=false"), "test")
-    assert "Left out, not distilled yet" in (results / "table1.md").read_text()
+    assert "Left out" in (results / "table1.md").read_text()
+
+    # only=[...] distils and scores just those rows; the others are read back (or left out)
+    shortlist = [*TINY, "heads=shortlist", "heads.shortlist=16"]
+    with pytest.raises(ValueError, match=r"only=\['llama/mixture'\]: name rows of this profile as model/head_type"):
+        write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY, "shortlist_16": shortlist},
+                                    "only=[llama/mixture]"), "test")
+    write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY, "shortlist_16": shortlist},
+                                "only=[llama/shortlist_16]"), "test")
+    assert [p.name for p in (tmp_path / "outputs" / "train").iterdir()] == ["smollm2_k16_quick_shortlist_16"]
+    markdown = (results / "table1.md").read_text()
+    assert "SpeLLM k=4 chars-64+esc linear - teacher" in markdown and "shortlist-16 - teacher" in markdown

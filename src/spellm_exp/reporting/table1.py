@@ -82,6 +82,9 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         raise ValueError(f"profile={cfg.profile} is unknown; use one of {list(cfg.profiles)}.")
     profile = cfg.profiles[cfg.profile]
     tasks = check_tasks(list(cfg.tasks))
+    rows = [f"{model}/{head_type}" for model in profile.models for head_type in cfg.head_types]
+    if unknown := [name for name in cfg.only if name not in rows]:
+        raise ValueError(f"only={unknown}: name rows of this profile as model/head_type, among {rows}.")
     config = OmegaConf.to_container(cfg, resolve=True)
     common = dict(batch_size=cfg.batch_size, score=cfg.score)
     wide, tidy, failures, left_out, read_back = [], [], {}, [], []
@@ -104,8 +107,9 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
                 read_back += [f"{model} {name} ({_written(stored)})" for name, stored in archived.items()
                               if name != "teacher" or teacher_dir is None]
             else:
-                if not cfg.distil_missing and not is_finished(run_folder(cfg.paths.output_dir, experiment,
-                                                                          cfg.profile, suffix)):
+                chosen = not cfg.only or f"{model}/{head_type}" in cfg.only
+                if not chosen or (not cfg.distil_missing and not is_finished(run_folder(
+                        cfg.paths.output_dir, experiment, cfg.profile, suffix))):
                     left_out.append(f"{model} {head_type}")
                     continue
                 row = _score_run(cfg, model, experiment, head_type, tuple(overrides), archive, tasks, profile.limit,
@@ -149,7 +153,8 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         notes.append("Read back from those archived evaluations, not scored again (`reuse_archived=true`; their runs "
                      f"need not be on this machine): {', '.join(read_back)}.")
     if left_out:
-        notes.append(f"Left out, not distilled yet (`distil_missing=false`): {', '.join(left_out)}. "
+        notes.append(f"Left out, neither archived with these settings nor distilled by this call (`distil_missing=false`"
+                     f" or not in `only`): {', '.join(left_out)}. "
                      "`make reproduce-table1` distils them and adds their rows.")
     return write_table(cfg.paths.results_dir, "table1", "Table 1: downstream quality, teacher vs SpeLLM", command,
                        pd.DataFrame(tidy), [("Accuracy (%)", pd.DataFrame(wide))], notes, started)
