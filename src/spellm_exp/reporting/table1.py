@@ -82,9 +82,9 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         raise ValueError(f"profile={cfg.profile} is unknown; use one of {list(cfg.profiles)}.")
     profile = cfg.profiles[cfg.profile]
     tasks = check_tasks(list(cfg.tasks))
-    rows = [f"{model}/{head_type}" for model in profile.models for head_type in cfg.head_types]
-    if unknown := [name for name in cfg.only if name not in rows]:
-        raise ValueError(f"only={unknown}: name rows of this profile as model/head_type, among {rows}.")
+    row_names = [f"{model}/{head_type}" for model in profile.models for head_type in cfg.head_types]
+    if unknown := [name for name in cfg.only if name not in row_names]:
+        raise ValueError(f"only={unknown}: name rows of this profile as model/head_type, among {row_names}.")
     config = OmegaConf.to_container(cfg, resolve=True)
     common = dict(batch_size=cfg.batch_size, score=cfg.score)
     wide, tidy, failures, left_out, read_back = [], [], {}, [], []
