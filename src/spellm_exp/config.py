@@ -342,7 +342,7 @@ class Table1Job(_Command):
     experiments: dict[str, str] = field(default_factory=dict)
     head_types: dict[str, list[str]] = field(default_factory=lambda: {"linear": []})  # name -> train overrides
     distil_missing: bool = True  # false: a head type whose run has not finished is left out (and listed)
-    reuse_archived: bool = True  # false: score every row again even where results/table1_evals holds it
+    reuse_archived: bool = True  # false: read nothing back from results/table1_evals (scored rows still go there)
     only: list[str] = field(default_factory=list)  # model/head_type rows to distil and score now (empty: all)
     tasks: list[str] = field(default_factory=list)
     num_fewshot: int = 0

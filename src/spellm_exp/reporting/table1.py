@@ -41,17 +41,16 @@ def spellm_rows(model: str, label: str, name: str, teacher_dir: Path, spellm_dir
     return [spellm, diff], spellm_tidy + diff_tidy
 
 
-def _score_run(cfg: DictConfig, model: str, experiment: str, head_type: str, overrides: tuple, archive: Path,
+def _score_run(cfg: DictConfig, experiment: str, head_type: str, overrides: tuple, suffix: str, archive: Path,
                tasks: list[str], limit: int | None, common: dict, config: dict, teacher_settings: dict,
-               settings: dict) -> dict:
-    """Distil (or reuse) the SpeLLM of one head type, score it and, unless archived with these settings, its
-    teacher, with the same harness code; archive both; return the SpeLLM's row labels."""
-    suffix = f"_{head_type}" if overrides else ""
+               settings: dict, score_teacher: bool) -> dict:
+    """Distil (or reuse) the SpeLLM of one head type, score it and (`score_teacher`) its teacher with the same
+    harness code; archive what was scored; return the SpeLLM's row labels."""
     run_dir = trained_run(experiment, cfg.profile, cfg.paths.output_dir, cfg.paths.cache_dir, overrides, suffix)
     spellm = SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir)
     eval_dir = run_dir / "eval" / f"table1-{cfg.profile}"
     teacher_row = {"model": spellm.info.description}
-    if archived_evaluation(archive / "teacher", teacher_settings) is None:
+    if score_teacher:
         frozen = json.loads((run_dir / "spellm" / META_FILE).read_text())["backbone"] == "frozen"
         teacher = None if frozen else load_teacher(spellm.teacher_config)  # a trained backbone is not it
         lm = SpeLLMHarnessLM(variant="teacher", spellm=None if teacher else spellm, teacher=teacher, **common)
@@ -100,9 +99,9 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
             settings = evaluation_settings(tasks, profile.limit, cfg.num_fewshot, cfg.score,
                                            {"model": model, "variant": "spellm", "head_type": head_type,
                                             "experiment": experiment, "overrides": list(overrides)})
-            archived = {name: archived_evaluation(archive / name, wanted) for name, wanted in
-                        (("teacher", teacher_settings), (head_type, settings))}
-            if cfg.reuse_archived and all(archived.values()):
+            archived = {name: archived_evaluation(archive / name, wanted) if cfg.reuse_archived else None
+                        for name, wanted in (("teacher", teacher_settings), (head_type, settings))}
+            if all(archived.values()):
                 row = archived[head_type]["spellm_exp"]["row"]
                 read_back += [f"{model} {name} ({_written(stored)})" for name, stored in archived.items()
                               if name != "teacher" or teacher_dir is None]
@@ -112,8 +111,10 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
                         cfg.paths.output_dir, experiment, cfg.profile, suffix))):
                     left_out.append(f"{model} {head_type}")
                     continue
-                row = _score_run(cfg, model, experiment, head_type, tuple(overrides), archive, tasks, profile.limit,
-                                 common, config, teacher_settings, settings)
+                # the teacher once per model: unless archived, with the first head type this call scores
+                row = _score_run(cfg, experiment, head_type, tuple(overrides), suffix, archive, tasks, profile.limit,
+                                 common, config, teacher_settings, settings,
+                                 score_teacher=archived["teacher"] is None and teacher_dir is None)
             if teacher_dir is None:  # the teacher's row, once per model
                 teacher_dir = archive / "teacher"
                 teacher_results = harness_results(teacher_dir)
