@@ -65,6 +65,9 @@ class HeadsConfig:
     # Sigma^k (its product puts most of its mass on strings no token spells); below 1: the rest renormalised over
     # the vocabulary strings outside the shortlist, this share left to every other string (finite likelihoods)
     rest_outside: float = 1.0
+    # shortlist: also score exactly, by the teacher's unembedding rows, the tokens each position's input has held so
+    # far (spellable, outside the list): repeated rare tokens (names, copied terms) leave the rest (core/context.py)
+    context_tokens: bool = False
 
 
 # --- teachers ----------------------------------------------------------------------------------

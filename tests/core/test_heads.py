@@ -18,6 +18,7 @@ from spellm_exp.core.charset import (
     SpellingTable,
     TokenSpellings,
 )
+from spellm_exp.core.context import TokenContext
 from spellm_exp.core.heads import Autoregressive, LinearHeads, build_heads, heads_label, settings_dict
 from spellm_exp.core.losses import head_marginals, token_kl
 
@@ -87,7 +88,22 @@ SETTINGS["shortlist+mlp"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, re
 SETTINGS["shortlist,rest_outside"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, rest_outside=0.1)
 SETTINGS["shortlist+mlp,rest_outside"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, rest=HeadKind.mlp,
                                                      trunk_multiple=2, rest_outside=0.1)
+# the tokens each position has seen scored exactly too (core.context)
+SETTINGS["shortlist+context"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, context_tokens=True)
+SETTINGS["shortlist+context,rest_outside"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, context_tokens=True,
+                                                         rest_outside=0.1)
 TINY_VOCABULARY = ALL_STRINGS[::5]  # 13 "vocabulary" strings, one of them a shortlist placeholder
+
+
+def _seen_tokens(n: int, seed: int = 0) -> TokenContext:
+    """One group of n positions that have seen some of 4 tokens: two of them spell the same string, the first
+    position has seen none."""
+    generator = torch.Generator().manual_seed(seed)
+    strings = TINY_VOCABULARY[[3, 7, 7, 11]].unsqueeze(0)  # [1, 4, k]
+    visible = torch.rand(1, n, 4, generator=generator) < 0.6
+    visible[:, 0] = False
+    return TokenContext(torch.tensor([[30, 31, 32, 33]]), strings, torch.randn(1, 4, TINY_D, generator=generator),
+                        visible)
 
 
 def _random_heads(kind: HeadKind, seed: int):
@@ -101,8 +117,12 @@ def _random_heads(kind: HeadKind, seed: int):
     return heads
 
 
+def _distribution(heads, hidden):
+    return heads(hidden, _seen_tokens(hidden.shape[0])) if getattr(heads, "context_tokens", False) else heads(hidden)
+
+
 def _all_string_log_probs(heads, hidden):
-    return heads(hidden).log_prob(ALL_STRINGS.expand(hidden.shape[0], -1, -1))  # [n, |Sigma|^k]
+    return _distribution(heads, hidden).log_prob(ALL_STRINGS.expand(hidden.shape[0], -1, -1))  # [n, |Sigma|^k]
 
 
 @pytest.mark.parametrize("kind", list(SETTINGS))
@@ -121,17 +141,18 @@ def test_log_prob_of_given_strings_equals_the_enumeration(kind):
     picks = torch.tensor([[5, 17, 40], [0, 63, 2], [9, 9, 33]])  # rows of ALL_STRINGS per position
     with torch.no_grad():
         every = _all_string_log_probs(heads, hidden)
-        scored = heads(hidden).log_prob(ALL_STRINGS[picks])
+        scored = _distribution(heads, hidden).log_prob(ALL_STRINGS[picks])
     torch.testing.assert_close(scored, every.gather(1, picks))
 
 
 @pytest.mark.parametrize("kind", [HeadKind.linear, HeadKind.mlp, HeadKind.mixture, HeadKind.shortlist, "shortlist+mlp",
-                                  "shortlist,rest_outside", "shortlist+mlp,rest_outside"])
+                                  "shortlist,rest_outside", "shortlist+mlp,rest_outside", "shortlist+context",
+                                  "shortlist+context,rest_outside"])
 def test_marginals_are_exact(kind):
     heads, hidden = _random_heads(kind, 2), torch.randn(2, TINY_D)
     with torch.no_grad():
         probs = _all_string_log_probs(heads, hidden).exp()
-        marginals = heads(hidden).marginal_log_probs().exp()
+        marginals = _distribution(heads, hidden).marginal_log_probs().exp()
     for i in range(TINY_K):
         expected = torch.zeros(2, TINY_SIGMA).index_add_(1, ALL_STRINGS[:, i], probs)
         torch.testing.assert_close(marginals[:, i], expected, atol=1e-5, rtol=0)
@@ -201,8 +222,8 @@ def test_vocab_log_probs_are_the_spellings_scores(kind):
     table = ALL_STRINGS[[3, 10, 25, 40, 63]]
     spellable = torch.tensor([True, True, False, True, True])
     with torch.no_grad():
-        scores = heads(hidden).vocab_log_probs(table, spellable)
-        expected = heads(hidden).log_prob(table.expand(2, -1, -1))
+        scores = _distribution(heads, hidden).vocab_log_probs(table, spellable)
+        expected = _distribution(heads, hidden).log_prob(table.expand(2, -1, -1))
     torch.testing.assert_close(scores[:, spellable], expected[:, spellable])
     assert torch.isinf(scores[:, 2]).all()
 
@@ -360,3 +381,32 @@ def test_the_exact_rest_loss_needs_a_product_rest():
                              rest_tokens=heads.rest_tokens(table, spellable))
     with pytest.raises(ValueError, match="heads.rest=linear or mlp"):
         token_kl(heads(torch.randn(2, TINY_D)), targets, table)
+
+
+# --- seen tokens (heads.context_tokens) ------------------------------------------------------------------------
+def test_seen_tokens_join_the_softmax_with_their_exact_logits_and_sum_per_string():
+    """p(s) = sum over seen tokens t with S[t] = s of exp(u_t h) / Z, next to the shortlist's and the rest's terms,
+    Z over the shortlist's logits, the seen tokens' and the gate."""
+    heads, hidden = _random_heads("shortlist+context", 3), torch.randn(5, TINY_D)
+    context = _seen_tokens(5)
+    with torch.no_grad():
+        dist = heads(hidden, context)
+        seen = hidden @ context.rows[0].T  # [5, 4]
+        scores = torch.cat([hidden @ heads.weight.T + heads.bias, seen.masked_fill(~context.visible[0], -torch.inf),
+                            hidden @ heads.gate.weight.T + heads.gate.bias], dim=-1)
+        log_z = torch.logsumexp(scores, dim=-1, keepdim=True)
+        torch.testing.assert_close(dist.log_weights, torch.cat([scores[:, :5], scores[:, -1:]], -1) - log_z)
+        target = TINY_VOCABULARY[7]  # tokens 31 and 32 both spell it
+        both = torch.logsumexp(seen[:, 1:3].masked_fill(~context.visible[0, :, 1:3], -torch.inf), -1) - log_z[:, 0]
+        plain_rest = dist.log_weights[:, -1] + dist.rest.log_prob(target.expand(5, 1, -1)).squeeze(1)
+        got = dist.log_prob(target.expand(5, 1, -1)).squeeze(1)
+        torch.testing.assert_close(got, torch.logaddexp(both, plain_rest))
+        assert torch.equal(got[0], plain_rest[0])  # the first position has seen nothing
+        # greedy considers the most likely seen token: never below its probability
+        greedy = dist.log_prob(dist.greedy(forbid_pad_first=False).unsqueeze(1)).squeeze(1)
+        assert (greedy >= dist.log_prob(dist.context.best().unsqueeze(1)).squeeze(1) - 1e-6).all()
+    assert heads_label(SETTINGS["shortlist+context"]) == "shortlist-5+context"
+    assert settings_dict(SETTINGS["shortlist+context"])["context_tokens"] is True
+    assert "context_tokens" not in settings_dict(SETTINGS["shortlist"])  # older checkpoints read the same
+    with pytest.raises(ValueError, match="call the heads with their TokenContext"):
+        heads(hidden)

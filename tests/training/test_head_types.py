@@ -18,7 +18,8 @@ HEADS = {"linear": ["heads=linear"], "mlp": ["heads=mlp", "heads.trunk_multiple=
          "autoregressive": ["heads=autoregressive", "heads.decoder_size=16"],
          "shortlist": ["heads=shortlist", "heads.shortlist=64"],
          "shortlist,rest_outside": ["heads=shortlist", "heads.shortlist=64", "heads.rest_outside=0.01"],
-         "shortlist,exact_rest": ["heads=shortlist", "heads.shortlist=64", "loss.exact_rest=true"]}
+         "shortlist,exact_rest": ["heads=shortlist", "heads.shortlist=64", "loss.exact_rest=true"],
+         "shortlist,context_tokens": ["heads=shortlist", "heads.shortlist=64", "heads.context_tokens=true"]}
 
 
 SHORT_RUN = ("model=tiny_llama", "k=4", "trainer.max_steps=12", "trainer.val_check_interval=12",
@@ -34,6 +35,7 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     kind, variant = (kind.split(",") + [""])[:2]
     renormalised = variant == "rest_outside"
     assert summary["heads"]["kind"] == kind and (summary["heads"].get("rest_outside") == 0.01) == renormalised
+    assert summary["heads"].get("context_tokens", False) == (variant == "context_tokens")
     assert summary["heads"]["loss_objective"] == ("marginal" if kind in ("linear", "mlp") else "token")
     assert summary["heads"]["kind"] != "shortlist" or summary["heads"]["shortlist"] == 64
     losses = pd.read_csv(tmp_path / "csv" / "metrics.csv")["train/loss"].dropna().to_numpy()
@@ -71,6 +73,8 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     (["heads=linear", "loss.exact_rest=true"], r"loss.exact_rest=true is the token objective's exact part"),
     (["heads=shortlist", "heads.rest=autoregressive", "loss.exact_rest=true"], r"heads.rest=autoregressive, objective"),
     (["heads=shortlist", "train.freeze_heads=[gate,nope]"], r"train.freeze_heads: shortlist-4096 heads have no part 'nope'; theirs: bias, gate, linear, weight"),
+    (["heads=mixture", "heads.context_tokens=true"], r"heads.context_tokens=true .* needs heads=shortlist"),
+    (["heads=shortlist", "heads.context_tokens=true", "loss.exact_rest=true"], r"set loss.exact_rest=false"),
     (["train.init_from=/no/such/run"], r"train.init_from=/no/such/run is not a SpeLLM checkpoint"),
 ])
 def test_bad_head_settings_fail_before_any_model_loads(overrides, message, monkeypatch):

@@ -18,6 +18,7 @@ import re
 
 import torch
 
+from spellm_exp.core.context import TokenContext
 from spellm_exp.core.heads import Factorised, Shortlist, ShortlistHeads, StringDistribution, _argmax, vocab_scores
 from spellm_exp.core.losses import head_marginals
 
@@ -91,14 +92,26 @@ def teacher_mixture(teacher_logits: torch.Tensor, table: torch.Tensor, spellable
 
 
 def teacher_shortlist(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,
-                      heads: ShortlistHeads, matrix: torch.Tensor | None = None) -> Shortlist:
+                      heads: ShortlistHeads, matrix: torch.Tensor | None = None, context: TokenContext | None = None
+                      ) -> Shortlist:
     """The `teacher_shortlist` distribution of `heads`' shortlist from teacher logits [n, |V|]: log weights
     [log q(l) for the shortlist tokens l, log q(rest)] and the rest's log-marginals. A token that spells the
-    same string as a shortlist token is part of the rest (the shortlist keeps one token per string)."""
+    same string as a shortlist token is part of the rest (the shortlist keeps one token per string). With
+    heads.context_tokens and `context`, each position's seen tokens are exact too and leave the rest."""
     log_q = _spellable_log_q(teacher_logits, spellable)
-    ids = heads.token_ids.to(log_q.device)
-    rest_log_mass, rest = _rest_without(log_q, ids.expand(log_q.shape[0], -1), table, spellable, n_symbols, matrix)
-    return Shortlist(heads, torch.cat([log_q[:, ids], rest_log_mass], dim=-1), Factorised(rest))
+    ids = heads.token_ids.to(log_q.device).expand(log_q.shape[0], -1)
+    seen = None
+    if heads.context_tokens:
+        if context is None:
+            raise ValueError("teacher_shortlist of heads with context_tokens needs the positions' TokenContext.")
+        context_ids = context.per_position(context.ids)  # [n, m]
+        seen = torch.where(context.visible.flatten(0, 1), log_q.gather(1, context_ids), -math.inf)
+        # unseen slots take out a shortlist token again (no change), seen ones take their token out of the rest
+        ids = torch.cat([ids, torch.where(context.visible.flatten(0, 1), context_ids, ids[:, :1])], dim=1)
+    rest_log_mass, rest = _rest_without(log_q, ids, table, spellable, n_symbols, matrix)
+    log_weights = torch.cat([log_q[:, heads.token_ids.to(log_q.device)], rest_log_mass], dim=-1)
+    return Shortlist(heads, log_weights, Factorised(rest),
+                     None if seen is None else heads.context_weights(context, seen))
 
 
 def teacher_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable: torch.Tensor, n_symbols: int,

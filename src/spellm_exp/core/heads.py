@@ -30,6 +30,7 @@ from torch import nn
 
 from spellm_exp.config import HeadKind, HeadsConfig
 from spellm_exp.core.charset import EOS, PAD, SpellingTable
+from spellm_exp.core.context import TokenContext
 from spellm_exp.core.vocab_lookup import hash_powers, string_keys
 
 
@@ -234,13 +235,44 @@ class Autoregressive(StringDistribution):
         return self._steps(False)[1]
 
 
+class ContextWeights:
+    """The exact part of a shortlist for the tokens each position has seen (`heads.context_tokens`): their strings
+    [G, m, k], keys [G, m] and log weights [n, m] (-inf where a position has not seen the token)."""
+
+    def __init__(self, context: TokenContext, strings: torch.Tensor, keys: torch.Tensor, log_weights: torch.Tensor):
+        self.context, self.strings, self.keys, self.log_weights = context, strings, keys, log_weights
+
+    def log_terms(self, strings: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """[n, m', m]: log w_j where seen token j spells string m' of strings [n, m', k] (keys [n, m']), else -inf;
+        summed by the caller in one logsumexp with finite terms (a logsumexp of only -inf has NaN gradients)."""
+        same = keys.unsqueeze(-1) == self.context.per_position(self.keys).unsqueeze(1)  # [n, m', m]
+        first = self.context.per_position(self.strings).gather(
+            1, same.float().argmax(-1).unsqueeze(-1).expand(-1, -1, strings.shape[-1]))
+        same = same & (first == strings).all(-1, keepdim=True)  # a key collision is no match
+        return torch.where(same, self.log_weights.unsqueeze(1), -math.inf)
+
+    def best(self) -> torch.Tensor:
+        """[n, k] the string of each position's most likely seen token."""
+        index = self.log_weights.argmax(-1)  # [n]
+        strings = self.context.per_position(self.strings)
+        return strings[torch.arange(strings.shape[0], device=index.device), index]
+
+    def marginals(self, n_symbols: int) -> torch.Tensor:
+        """[n, k, S]: sum_j w_j [S[t_j]_i = s], the seen tokens' share of the per-position marginals."""
+        strings = self.context.per_position(self.strings)  # [n, m, k]
+        weights = self.log_weights.float().exp().unsqueeze(1).expand(-1, strings.shape[-1], -1)  # [n, k, m]
+        out = weights.new_zeros(strings.shape[0], strings.shape[-1], n_symbols)
+        return out.scatter_add_(-1, strings.transpose(1, 2), weights)
+
+
 class Shortlist(StringDistribution):
     """sum over shortlist tokens l with S_l = s of w_l, plus w_rest p_rest(s): log weights [n, L + 1] (the rest
     last) and the rest's distribution over Sigma^k (a product of per-position distributions, or the character
-    decoder's), of `ShortlistHeads`."""
+    decoder's), of `ShortlistHeads`; with `context`, the seen tokens' exact weights too (all summing to 1)."""
 
-    def __init__(self, heads: ShortlistHeads, log_weights: torch.Tensor, rest: StringDistribution):
-        self.heads, self.log_weights, self.rest = heads, log_weights, rest
+    def __init__(self, heads: ShortlistHeads, log_weights: torch.Tensor, rest: StringDistribution,
+                 context: ContextWeights | None = None):
+        self.heads, self.log_weights, self.rest, self.context = heads, log_weights, rest, context
         self.over_vocabulary = RestOverVocabulary(heads, rest) if heads.rest_outside < 1 else None
 
     @property
@@ -255,7 +287,11 @@ class Shortlist(StringDistribution):
         rest = self.rest.log_prob(strings)
         if self.over_vocabulary is not None:
             rest = self.over_vocabulary.rescale(strings, rest)
-        return torch.logaddexp(exact, self.log_weights[:, -1:] + rest)
+        if self.context is None:
+            return torch.logaddexp(exact, self.log_weights[:, -1:] + rest)
+        seen = self.context.log_terms(strings, string_keys(strings, self.heads.powers))
+        return torch.logsumexp(torch.cat([exact.unsqueeze(-1), seen, (self.log_weights[:, -1:] + rest).unsqueeze(-1)],
+                                         dim=-1), dim=-1)
 
     def rest_cross_entropy(self, rest_marginals: torch.Tensor, rest_mass: torch.Tensor) -> torch.Tensor:
         """-sum over the rest's tokens t of q(t) log p(S[t]), exactly, per position [n], from the teacher's marginals
@@ -264,19 +300,25 @@ class Shortlist(StringDistribution):
         if not self.rest.factorised:
             raise ValueError(f"The exact rest loss (loss.exact_rest) needs a rest that is a product (heads.rest=linear "
                              f"or mlp), not heads.rest={self.heads.rest.value}.")
+        if self.context is not None:
+            raise ValueError("The exact rest loss (loss.exact_rest) counts seen tokens as the rest's; it does not fit "
+                             "heads.context_tokens=true.")
         log_rest = self.log_weights[:, -1].float()
         if self.over_vocabulary is not None:
             log_rest = log_rest + self.over_vocabulary.log_inside.squeeze(-1)
         return -(rest_mass * log_rest + (rest_marginals * self.rest.marginal_log_probs()).sum((-1, -2)))
 
     def greedy(self, forbid_pad_first: bool = True) -> torch.Tensor:
-        """The best, by p(s), of the most likely shortlist token's string, the rest's argmax string and (rest
-        renormalised over its vocabulary) the rest's most likely vocabulary string."""
+        """The best, by p(s), of the most likely shortlist token's string, the rest's argmax string, (rest
+        renormalised over its vocabulary) the rest's most likely vocabulary string and (context tokens) the most
+        likely seen token's string."""
         best = self.heads.strings[self.log_weights[:, :-1].argmax(-1)]  # [n, k]
         candidates = [best, self.rest.greedy(forbid_pad_first)]
         if self.over_vocabulary is not None:
             candidates.append(self.over_vocabulary.best)
-        candidates = torch.stack(candidates, dim=1)  # [n, 2 or 3, k]
+        if self.context is not None:
+            candidates.append(self.context.best())
+        candidates = torch.stack(candidates, dim=1)  # [n, 2 to 4, k]
         pick = self.log_prob(candidates).argmax(-1)
         return candidates[torch.arange(candidates.shape[0], device=pick.device), pick]
 
@@ -288,6 +330,8 @@ class Shortlist(StringDistribution):
         n, (k, symbols) = weights.shape[0], rest.shape[1:]
         shortlist = torch.sparse.mm(self.heads.symbol_matrix(), weights[:, :-1].T.contiguous()).T
         mixed = shortlist.reshape(n, k, symbols) + weights[:, -1:, None] * rest
+        if self.context is not None:
+            mixed = mixed + self.context.marginals(symbols)
         return mixed.clamp(min=1e-30).log()
 
 
@@ -546,12 +590,13 @@ class ShortlistHeads(OutputHeads):
 
     def __init__(self, k: int, n_symbols: int, hidden_size: int, shortlist: int = 4096,
                  rest: HeadKind | str = HeadKind.linear, decoder_size: int = 128, trunk_multiple: int = 4,
-                 rest_outside: float = 1.0, dtype: torch.dtype = torch.float32):
+                 rest_outside: float = 1.0, context_tokens: bool = False, dtype: torch.dtype = torch.float32):
         super().__init__(k, n_symbols, hidden_size)
         if shortlist < 1:
             raise ValueError(f"heads.shortlist={shortlist}: a shortlist needs at least one token.")
         self.size, self.rest = shortlist, check_rest(rest)
         self.rest_outside = check_rest_outside(rest_outside, self.rest)
+        self.context_tokens = bool(context_tokens)  # the seen tokens' exact logits too (core.context)
         self.weight = nn.Parameter(torch.empty(shortlist, hidden_size, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(shortlist, dtype=dtype))
         nn.init.normal_(self.weight, std=hidden_size**-0.5)
@@ -571,14 +616,13 @@ class ShortlistHeads(OutputHeads):
         self._index_key, self._index, self._rest_key, self._rest_index = None, None, None, None
 
     def settings(self) -> HeadsConfig:
+        common = dict(kind=self.kind, shortlist=self.size, context_tokens=self.context_tokens)
         if self.rest is HeadKind.autoregressive:
-            return HeadsConfig(kind=self.kind, shortlist=self.size, rest=self.rest,
-                               decoder_size=self.context.out_features)
+            return HeadsConfig(**common, rest=self.rest, decoder_size=self.context.out_features)
         if self.rest is HeadKind.mlp:
-            return HeadsConfig(kind=self.kind, shortlist=self.size, rest=self.rest,
-                               trunk_multiple=self.up.out_features // self.hidden_size,
+            return HeadsConfig(**common, rest=self.rest, trunk_multiple=self.up.out_features // self.hidden_size,
                                rest_outside=self.rest_outside)
-        return HeadsConfig(kind=self.kind, shortlist=self.size, rest_outside=self.rest_outside)
+        return HeadsConfig(**common, rest_outside=self.rest_outside)
 
     def attach_spelling(self, spelling: SpellingTable) -> None:
         """Keep the vocabulary's distinct strings (spellable tokens, end tokens aside: they spell as EOS)."""
@@ -658,13 +702,33 @@ class ShortlistHeads(OutputHeads):
     def symbol_matrix(self) -> torch.Tensor:
         return self._lookup()[2]
 
-    def forward(self, hidden: torch.Tensor) -> Shortlist:
-        scores = torch.cat([F.linear(hidden, self.weight, self.bias), self.gate(hidden)], dim=-1)
+    def forward(self, hidden: torch.Tensor, context: TokenContext | None = None) -> Shortlist:
+        """The distribution at each position of hidden [n, d]; with heads.context_tokens, `context` (the tokens each
+        position has seen, core.context) is required and their exact logits join the softmax."""
+        if self.context_tokens and context is None:
+            raise ValueError("heads.context_tokens=true scores the tokens each position has seen: call the heads with "
+                             "their TokenContext (SpeLLM.token_context(ids)).")
+        scores = [F.linear(hidden, self.weight, self.bias).float(), self.gate(hidden).float()]
+        if self.context_tokens:
+            scores.insert(1, context.logits(hidden))
+        log_weights = F.log_softmax(torch.cat(scores, dim=-1), dim=-1)
         if self.rest is HeadKind.autoregressive:
             rest = Autoregressive(self, hidden)
         else:
             rest = Factorised(self.linear.logits(trunk(self, hidden) if self.rest is HeadKind.mlp else hidden))
-        return Shortlist(self, F.log_softmax(scores.float(), dim=-1), rest)
+        if not self.context_tokens:
+            return Shortlist(self, log_weights, rest)
+        seen = log_weights[:, self.size:-1]
+        log_weights = torch.cat([log_weights[:, : self.size], log_weights[:, -1:]], dim=-1)
+        return Shortlist(self, log_weights, rest, self.context_weights(context, seen))
+
+    def context_weights(self, context: TokenContext, log_weights: torch.Tensor) -> ContextWeights:
+        return ContextWeights(context, context.strings, string_keys(context.strings, self.powers), log_weights)
+
+    def context_eligible(self, table: torch.Tensor, spellable: torch.Tensor) -> torch.Tensor:
+        """[|V|] bool: the tokens a context may score exactly (spellable, and no shortlist token spells their string:
+        that string's mass is the shortlist's)."""
+        return spellable & (self.slot_of(table.to(self.strings.device)) < 0).to(spellable.device)
 
     @torch.no_grad()
     def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
@@ -732,6 +796,8 @@ def settings_dict(settings: HeadsConfig) -> dict:
         data.update({"rest": rest.value, SIZE_FIELD[rest]: getattr(settings, SIZE_FIELD[rest])})
     if kind is HeadKind.shortlist and settings.rest_outside != 1.0:  # recorded only when set (older checkpoints)
         data["rest_outside"] = settings.rest_outside
+    if kind is HeadKind.shortlist and settings.context_tokens:  # likewise
+        data["context_tokens"] = True
     return data
 
 
@@ -743,4 +809,5 @@ def heads_label(settings: HeadsConfig | dict) -> str:
     label = data["kind"] + (f"-{size}" if size is not None else "")
     rest = HeadKind(data.get("rest", "linear"))
     label += f"+{rest.value}-{data[SIZE_FIELD[rest]]}" if rest is not HeadKind.linear else ""
-    return label + (f",rest_outside={data['rest_outside']:g}" if "rest_outside" in data else "")
+    label += f",rest_outside={data['rest_outside']:g}" if "rest_outside" in data else ""
+    return label + ("+context" if data.get("context_tokens") else "")

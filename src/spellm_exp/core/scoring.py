@@ -130,8 +130,8 @@ def score_token_requests(spellm: nn.Module, pairs: list[tuple[list[int], list[in
     table, spellable = spellm.spelling_table, spellm.spellable
     device = table.device
     for position, hidden in _continuation_hidden(spellm.causal_lm, prepared, batch_size):
-        index, segments = owners[position], prepared[position][1]
-        strings = spellm.strings(hidden, source)
+        (context_ids, segments), index = prepared[position], owners[position]
+        strings = spellm.strings(hidden, source, _seen_tokens(spellm, context_ids, segments))
         targets = table[torch.tensor(segments, device=device)]  # [n, k]
         per_segment = strings.log_prob(targets.unsqueeze(1)).squeeze(1)
         if mode == "product":
@@ -144,6 +144,15 @@ def score_token_requests(spellm: nn.Module, pairs: list[tuple[list[int], list[in
             logprob = (per_segment - torch.logsumexp(vocab, dim=-1)).sum().item()
         results[index] = ScoreResult(logprob, greedy, len(segments), n_resegmented[index])
     return results
+
+
+def _seen_tokens(spellm: nn.Module, context_ids: list[int], segments: list[int]):
+    """The tokens each target's position has seen (its input so far), for heads that score them (core.context)."""
+    if not spellm.uses_context:
+        return None
+    inputs = torch.tensor([context_ids + segments[:-1]], device=spellm.spelling_table.device)
+    start = len(context_ids) - 1
+    return spellm.token_context(inputs).select(slice(start, start + len(segments)))
 
 
 def score_requests(spellm: nn.Module, requests: list[tuple[str, str]], mode: str = "product",

@@ -33,6 +33,7 @@ from spellm_exp.core.charset import (
     SpellingTable,
     TokenSpellings,
 )
+from spellm_exp.core.context import TokenContext, token_context
 from spellm_exp.core.heads import (
     OutputHeads,
     Shortlist,
@@ -74,6 +75,7 @@ class SpeLLM(nn.Module):
         self.register_buffer("spelling_table", spelling.table, persistent=False)
         self.register_buffer("spellable", spelling.spellable, persistent=False)
         self._marginal_matrix: torch.Tensor | None = None  # built on first use of a ceiling
+        self._context_eligible: tuple[tuple, torch.Tensor] | None = None  # (shortlist version, [|V|] bool)
 
     @classmethod
     def build(cls, teacher: Teacher, alphabet: Alphabet, k: int, init: HeadInit | str = HeadInit.unembedding_mean,
@@ -109,13 +111,30 @@ class SpeLLM(nn.Module):
         """The teacher's own output layer, exactly as its CausalLM applies it."""
         return teacher_head(self.causal_lm, hidden)
 
-    def strings(self, hidden: torch.Tensor, source: str = "heads") -> StringDistribution:
+    @property
+    def uses_context(self) -> bool:
+        """Whether the heads score the tokens each position has seen (heads.context_tokens)."""
+        return bool(getattr(self.heads, "context_tokens", False))
+
+    def token_context(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TokenContext | None:
+        """The seen tokens of each position of ids [G, P] (core.context), for heads that score them; else None."""
+        if not self.uses_context:
+            return None
+        key = (self.heads.strings.data_ptr(), self.heads.strings._version, self.spelling_table.device)
+        if self._context_eligible is None or self._context_eligible[0] != key:
+            self._context_eligible = (key, self.heads.context_eligible(self.spelling_table, self.spellable))
+        return token_context(ids, self._context_eligible[1], self.spelling_table,
+                             self.causal_lm.get_output_embeddings().weight, attention_mask)
+
+    def strings(self, hidden: torch.Tensor, source: str = "heads", context: TokenContext | None = None
+                ) -> StringDistribution:
         """The distribution over Sigma^k at each position of hidden [n, d]: the heads' own (`heads`), or a
         ceiling built from the teacher's distribution (core.ceilings: `teacher_marginals`, the perfect
         independent heads; `teacher_mixture_M`; for shortlist heads `teacher_shortlist` and the hybrid
-        `teacher_shortlist_weights`), which measures what a head type could reach at best."""
+        `teacher_shortlist_weights`), which measures what a head type could reach at best. `context`: the seen
+        tokens of hidden's positions (token_context), for heads that score them."""
         if source == "heads":
-            return self.heads(hidden)
+            return self.heads(hidden, context) if self.uses_context else self.heads(hidden)
         if not is_ceiling(source):
             raise ValueError(f"source={source} is unknown; use heads, {TEACHER_MARGINALS}, teacher_mixture_M or "
                              f"(shortlist heads) {' or '.join(SHORTLIST_SOURCES)}.")
@@ -130,16 +149,18 @@ class SpeLLM(nn.Module):
         components = mixture_components(source)
         if components is not None:
             return teacher_mixture(*args, components, matrix=self._marginal_matrix)
-        ceiling = teacher_shortlist(*args, self.heads, matrix=self._marginal_matrix)
+        ceiling = teacher_shortlist(*args, self.heads, matrix=self._marginal_matrix, context=context)
         if source == TEACHER_SHORTLIST_WEIGHTS:  # the teacher's weights, the trained heads' rest spelling
-            return Shortlist(self.heads, ceiling.log_weights, self.heads(hidden).rest)
+            rest = self.strings(hidden, "heads", context).rest
+            return Shortlist(self.heads, ceiling.log_weights, rest, ceiling.context)
         return ceiling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 return_teacher_logits: bool = False, **backbone_kwargs) -> SpeLLMOutput:
         hidden, past = self.backbone(input_ids, attention_mask, **backbone_kwargs)
         teacher = self.teacher_logits(hidden) if return_teacher_logits else None
-        return SpeLLMOutput(self.heads(hidden.flatten(0, -2)), teacher, hidden, past)
+        context = self.token_context(input_ids, attention_mask)
+        return SpeLLMOutput(self.strings(hidden.flatten(0, -2), context=context), teacher, hidden, past)
 
     def score(self, context: str, continuation: str, mode: str = "product"):
         """log p_S(continuation | context) and is_greedy (see scoring.py)."""

@@ -123,6 +123,12 @@ def check_heads_config(heads: HeadsConfig, loss: LossConfig, objective: str) -> 
         raise ConfigError("loss.exact_rest=true is the token objective's exact part for a shortlist's product rest: "
                           f"it needs heads=shortlist with heads.rest=linear or mlp (here heads={heads.kind.value}, "
                           f"heads.rest={HeadKind(heads.rest).value}, objective {objective}); set loss.exact_rest=false.")
+    if heads.context_tokens and heads.kind is not HeadKind.shortlist:
+        raise ConfigError(f"heads.context_tokens=true adds the seen tokens to a shortlist's softmax: it needs "
+                          f"heads=shortlist (here heads={heads.kind.value}); set heads.context_tokens=false.")
+    if heads.context_tokens and loss.exact_rest:
+        raise ConfigError("heads.context_tokens=true takes the seen tokens out of the rest, which loss.exact_rest's "
+                          "cached rest targets still hold; set loss.exact_rest=false.")
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:

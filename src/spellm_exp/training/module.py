@@ -150,7 +150,7 @@ class DistillModule(LightningModule):
                 targets = self.targets.get(index, teacher_hidden, compute_targets)
             else:
                 targets = compute_targets(teacher_hidden.flatten(0, 1))
-        student = self.spellm.heads(hidden.flatten(0, 1))
+        student = self.spellm.strings(hidden.flatten(0, 1), context=self.spellm.token_context(ids))
         target_ids = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1).flatten()
         parts = distillation_loss(student, targets, self.loss_cfg.temperature, self.loss_cfg.ce_weight,
                                   target_ids, self.table, self.spellable, self.objective)
