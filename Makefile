@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan gpu-bundle distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation reproduce-ablation-cached reproduce-ablation-exact-rest reproduce-ablation-rest-only reproduce-ablation-teacher-rows reproduce-ablation-qa-data reproduce-ablation-qa-lists results-index notebooks reproduce reproduce-sweeps reproduce-all clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan gpu-bundle distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation reproduce-ablation-cached reproduce-ablation-exact-rest reproduce-ablation-rest-only reproduce-ablation-teacher-rows reproduce-ablation-qa-data reproduce-ablation-qa-lists reproduce-ablation-context results-index notebooks reproduce reproduce-sweeps reproduce-all clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -45,6 +45,7 @@ help:
 	@echo "make reproduce-ablation-teacher-rows  results/quality_ablation_teacher_rows.{md,csv}: the 16k shortlist's rows frozen at the teacher's (~30 min)"
 	@echo "make reproduce-ablation-qa-data  results/quality_ablation_qa_data.{md,csv}: the 16k shortlist distilled on QA train text (~2 h)"
 	@echo "make reproduce-ablation-qa-lists  results/quality_ablation_qa_lists.{md,csv}: ceilings of 4k and 8k lists counted on QA text (~25 min)"
+	@echo "make reproduce-ablation-context  results/quality_ablation_context.{md,csv}: the QA-text shortlist scoring the tokens its input has seen too (~30 min after qa-data)"
 	@echo "make reproduce-ablation-rest-only  results/quality_ablation_rest_only.{md,csv}: its rest renormalised, trained alone on top of it (~1 h more)"
 	@echo "make notebooks   execute notebooks/*.ipynb in place on the current results/ (outputs saved)"
 	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile: teachers, coverage, distil, Tables 1-2, index, notebooks (~2 h; ~7 h with Table 1's shortlist rows from scratch)"
@@ -133,6 +134,9 @@ reproduce-ablation-qa-data: setup
 
 reproduce-ablation-qa-lists: setup
 	$(PY) -m spellm_exp.ablation --config-name ablation_qa_lists
+
+reproduce-ablation-context: setup
+	$(PY) -m spellm_exp.ablation --config-name ablation_context
 
 reproduce-ablation-rest-only: reproduce-ablation-exact-rest
 	$(PY) -m spellm_exp.ablation --config-name ablation_rest_only

@@ -204,3 +204,22 @@ def test_an_unknown_backend_is_rejected(tiny_teacher):
     teacher = tiny_teacher("tiny_llama")
     with pytest.raises(ValueError, match=r"decode.backend=graph is unknown; use one of \('eager', 'compiled'\)"):
         Decoder(teacher.model, teacher.tokenizer, None, backend="graph")
+
+
+def test_a_spellm_with_seen_tokens_decodes_each_token_from_the_tokens_fed_so_far(tiny_teacher):
+    """heads.context_tokens in the eager loop: every step's token is the argmax of the distribution that the
+    forward pass gives that position of prompt + output (the seen tokens grow as ids are fed); compiled refuses."""
+    torch.manual_seed(0)
+    spellm = SpeLLM.build(tiny_teacher("tiny_llama"), LETTERS, k=6, heads=HeadsConfig(
+        kind=HeadKind.shortlist, shortlist=64, context_tokens=True))
+    prompt = "the zebra and the zebra and the"
+    out = decode(spellm, [prompt], mode="vocab", max_new_tokens=6, ignore_eos=True)
+    prompt_ids = spellm.tokenizer(prompt).input_ids
+    inputs = torch.tensor([prompt_ids + out.token_ids[0]])
+    with torch.no_grad():
+        scores = spellm(inputs).strings.vocab_log_probs(spellm.spelling_table, spellm.spellable)
+    start = len(prompt_ids) - 1
+    assert out.token_ids[0] == scores[start:start + 6].argmax(-1).tolist()
+    assert spellm.token_context(inputs).visible[0, -1].sum() > 0  # some tokens were seen
+    with pytest.raises(ValueError, match="use decode.backend=eager"):
+        decode(spellm, [prompt], mode="free", max_new_tokens=2, backend="compiled")

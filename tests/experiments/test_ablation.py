@@ -29,13 +29,17 @@ def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_pat
                         # on top of the shortlist run: the same tokens, so the same teacher_shortlist evaluation
                         "shortlist_mlp": [*TINY, "heads=shortlist", "heads.shortlist=16", "heads.rest=mlp",
                                           "heads.trunk_multiple=1",
-                                          f"train.init_from={tmp_path}/outputs/train/smollm2_k16_quick_shortlist"]}
+                                          f"train.init_from={tmp_path}/outputs/train/smollm2_k16_quick_shortlist"],
+                        # the shortlist's trained heads, no step more, scoring the seen tokens too: its own ceilings
+                        "shortlist_seen": [*TINY, "heads=shortlist", "heads.shortlist=16", "heads.context_tokens=true",
+                                           "trainer.max_steps=0",
+                                           f"train.init_from={tmp_path}/outputs/train/smollm2_k16_quick_shortlist"]}
     write_ablation_table(cfg, "test")
 
     runs = tmp_path / "outputs" / "train"
     assert sorted(p.name for p in runs.iterdir()) == [
         "smollm2_k16_quick_autoregressive", "smollm2_k16_quick_linear", "smollm2_k16_quick_mixture_2",
-        "smollm2_k16_quick_shortlist", "smollm2_k16_quick_shortlist_mlp"]
+        "smollm2_k16_quick_shortlist", "smollm2_k16_quick_shortlist_mlp", "smollm2_k16_quick_shortlist_seen"]
     tidy = pd.read_csv(tmp_path / "results" / "quality_ablation.csv")
     assert set(tidy["variant"]) >= {"teacher", "teacher_marginals", "teacher_mixture_2",
                                     "teacher_marginals, score=vocab_normalized", "spellm linear",
@@ -50,6 +54,11 @@ def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_pat
     assert len(ceiling) == 2 and ceiling["value"].nunique() == 1
     assert not (runs / "smollm2_k16_quick_shortlist_mlp" / "eval" / "ablation" / "teacher_shortlist").exists()
     assert (runs / "smollm2_k16_quick_shortlist_mlp" / "eval" / "ablation" / "teacher_shortlist_weights").exists()
+    # seen tokens change the ceiling: scored again for that variant, and the 0-step run has the shortlist's weights
+    assert (runs / "smollm2_k16_quick_shortlist_seen" / "eval" / "ablation" / "teacher_shortlist").exists()
+    seen = tidy[tidy["variant"].isin(["spellm shortlist", "spellm shortlist_seen"]) & tidy["task"].eq("lambada_openai")
+                & tidy["metric"].eq("perplexity")]
+    assert len(seen) == 2
     markdown = (tmp_path / "results" / "quality_ablation.md").read_text()
     assert "## Training" in markdown and "heads.components=2" in markdown
     training = markdown.split("## Training")[1]  # variant, overrides, heads, trainable, steps, minutes, objective
@@ -60,8 +69,8 @@ def test_ablation_distils_scores_and_tabulates_each_head_type(cache_dir, tmp_pat
 
     # a second run re-uses every finished run and evaluation
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")}
-    # teacher, 2 ceilings, 1 ceiling score, 5 SpeLLMs, 1 other score, the shortlists' 3 ceiling evaluations
-    assert len(stamps) == 13
+    # teacher, 2 ceilings, 1 ceiling score, 6 SpeLLMs, 1 other score, the shortlists' 5 ceiling evaluations
+    assert len(stamps) == 16
     write_ablation_table(cfg, "test")
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("results.json")} == stamps
 

@@ -148,3 +148,17 @@ def test_frozen_head_parts_stay_as_they_start_while_the_rest_trains(cache_dir, t
         assert torch.equal(getattr(slow, name), getattr(fast, name)), name
     assert torch.equal(slow.gate.weight, fast.gate.weight) and torch.equal(slow.gate.bias, fast.gate.bias)
     assert not torch.equal(slow.linear.weight, fast.linear.weight)
+
+
+def test_zero_steps_from_a_trained_run_export_its_heads_with_the_new_settings(cache_dir, tmp_path):
+    """trainer.max_steps=0 with train.init_from: an evaluation-only variant, e.g. the same trained shortlist scoring
+    the seen tokens too (heads.context_tokens adds no parameters)."""
+    distil(_compose(*SHORT_RUN, f"paths.cache_dir={cache_dir}", *HEADS["shortlist"]), tmp_path / "trained")
+    summary = distil(_compose(*SHORT_RUN, f"paths.cache_dir={cache_dir}", *HEADS["shortlist,context_tokens"],
+                              "trainer.max_steps=0", f"train.init_from={tmp_path / 'trained'}"), tmp_path / "seen")
+    assert summary["steps"] == 0 and summary["heads"]["context_tokens"] is True
+    trained = SpeLLM.load(tmp_path / "trained" / "spellm", cache_dir=cache_dir)
+    seen = SpeLLM.load(tmp_path / "seen" / "spellm", cache_dir=cache_dir)
+    assert seen.heads.context_tokens and not trained.heads.context_tokens
+    state = trained.heads.state_dict()
+    assert all(torch.equal(value, state[name]) for name, value in seen.heads.state_dict().items())

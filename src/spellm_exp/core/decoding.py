@@ -105,6 +105,9 @@ class TeacherHead:
     def prepare(self, device: torch.device) -> None:
         """Anything to build before a (compiled) step runs."""
 
+    def begin(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """The prompts (left-padded ids and mask [n, T]) before the prefill: nothing to keep here."""
+
     def step(self, hidden: torch.Tensor, pending: torch.Tensor) -> HeadStep:
         return _token_step(teacher_head(self.causal_lm, hidden).argmax(-1), pending)
 
@@ -130,23 +133,39 @@ class SpeLLMHead:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.width = self.max_ids_per_string = spellm.k if mode == "free" else 1
         self.lookup: VocabLookup | None = None  # string -> id on the device, built by `prepare`
+        # heads that score the seen tokens (heads.context_tokens): every id fed so far and its mask, per row
+        self.history: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def prepare(self, device: torch.device) -> None:
         if self.mode == "free" and (self.lookup is None or self.lookup.sorted_keys.device != device):
             self.lookup = VocabLookup(self.spelling).to(device)
 
+    def begin(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        self.history = (ids, mask) if self.spellm.uses_context else None
+
     def step(self, hidden: torch.Tensor, pending: torch.Tensor) -> HeadStep:
-        strings = self.spellm.heads(hidden)
+        context = None
+        if self.spellm.uses_context:
+            if self.history is None:
+                raise RuntimeError("heads.context_tokens: the decoder did not pass the prompts (SpeLLMHead.begin).")
+            context = self.spellm.token_context(*self.history).select(slice(-1, None))  # each row's last position
+        strings = self.spellm.strings(hidden, context=context)
         if self.mode == "vocab":
-            return _token_step(strings.vocab_log_probs(self.spellm.spelling_table, self.spellm.spellable).argmax(-1),
+            step = _token_step(strings.vocab_log_probs(self.spellm.spelling_table, self.spellm.spellable).argmax(-1),
                                pending)
-        string = normalise(strings.greedy(forbid_pad_first=True))
-        asked = pending[:, 0] == PAD
-        source = torch.where(asked.unsqueeze(1), string, pending)
-        ids, length = self.lookup.cover(source)
-        covered = length > 0
-        rest = torch.where(covered.unsqueeze(1), drop_prefix(source, length), PAD)
-        return HeadStep(torch.where(covered, ids, self.pad_id), string, asked, rest)
+        else:
+            string = normalise(strings.greedy(forbid_pad_first=True))
+            asked = pending[:, 0] == PAD
+            source = torch.where(asked.unsqueeze(1), string, pending)
+            ids, length = self.lookup.cover(source)
+            covered = length > 0
+            rest = torch.where(covered.unsqueeze(1), drop_prefix(source, length), PAD)
+            step = HeadStep(torch.where(covered, ids, self.pad_id), string, asked, rest)
+        if self.history is not None:  # what the backbone reads next is seen from the next step on
+            ids, mask = self.history
+            self.history = (torch.cat([ids, step.ids.unsqueeze(1)], 1),
+                            torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1))
+        return step
 
     def proposal(self, output: list[int]) -> Proposal:
         if self.mode == "vocab":
@@ -260,6 +279,9 @@ class Decoder:
         self.causal_lm, self.tokenizer, self.head, self.backend, self.sync_every = (
             causal_lm, tokenizer, head, backend, sync_every)
         self.device = next(causal_lm.parameters()).device
+        if backend != "eager" and getattr(getattr(head, "spellm", None), "uses_context", False):
+            raise ValueError("heads.context_tokens decodes in the eager loop only (its seen tokens grow every step, "
+                             "which a compiled step's static shapes do not hold yet); use decode.backend=eager.")
         self.compiler = resolve_compiler(compiler, self.device)
         self._compiled: dict[tuple[int, int], tuple] = {}
 
@@ -278,6 +300,7 @@ class Decoder:
         limit = max(max_new_tokens, 0) * self.head.max_ids_per_string  # enough steps for every row to end
         limit = limit if max_steps is None else min(limit, max_steps)
         self.head.prepare(device)
+        self.head.begin(ids, mask)
         pending = torch.full((ids.shape[0], self.head.width), PAD, dtype=torch.long, device=device)
         loop = self._eager if self.backend == "eager" else self._compiled_loop
         loop(ids, mask, positions, pending, rows, limit, clock)

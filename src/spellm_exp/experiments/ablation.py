@@ -105,9 +105,11 @@ def evaluate_variants(cfg: DictConfig, tasks: list[str], config: dict) -> tuple[
         lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common)
         overrides = {"overrides": " ".join(cfg.variants[name]) or "-"}
         for ceiling in cfg.variant_ceilings if isinstance(spellm.heads, ShortlistHeads) else ():
-            # teacher_shortlist depends only on the shortlist's tokens and how its rest spreads (rest_outside): a
-            # variant that shares them (one trained on top of another, train.init_from) reuses that evaluation
-            shortlist = (tuple(spellm.heads.token_ids.tolist()), spellm.heads.rest_outside)
+            # teacher_shortlist depends only on the shortlist's tokens, how its rest spreads (rest_outside) and
+            # whether seen tokens are exact (context_tokens): a variant that shares them (one trained on top of
+            # another, train.init_from) reuses that evaluation
+            shortlist = (tuple(spellm.heads.token_ids.tolist()), spellm.heads.rest_outside,
+                         spellm.heads.context_tokens)
             key = (ceiling, shortlist if ceiling == TEACHER_SHORTLIST else name)
             if key not in shared_ceilings:
                 lm_ceiling = SpeLLMHarnessLM(variant=ceiling, spellm=spellm, **common)

@@ -198,6 +198,8 @@ def distil(cfg: DictConfig, run_dir: Path) -> dict:
     targets = target_store(features, spellm, loss_cfg, datamodule) if train_cfg.cache_targets else None
     module = DistillModule(spellm, train_cfg, loss_cfg, features, targets)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.global_step == 0:  # trainer.max_steps=0: the starting heads (train.init_from's) as this config sets them
+        callbacks[1].export(trainer, module)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     blocks_per_step = trainer.accumulate_grad_batches * data_cfg.batch_size * trainer.world_size
