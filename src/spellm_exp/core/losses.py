@@ -97,13 +97,10 @@ def head_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable:
         matrix = matrix.to(probs.dtype)
     spell_mass = probs @ spellable.to(probs.dtype)
     k = table.shape[1]
-    # unspellable ids have empty columns in the matrix: renormalising after the product is enough
-    marginals = torch.sparse.mm(matrix, probs.T.contiguous()).T.reshape(-1, k, n_symbols)
-    marginals = marginals / spell_mass.clamp(min=_EPS).reshape(-1, 1, 1)
     valid = spell_mass > _EPS
-    # the rest of each head's mass is on PAD (tokens shorter than i + 1); 0 where nothing spells
-    marginals[:, :, PAD] = (valid.float().unsqueeze(-1) - marginals.sum(-1)).clamp(min=0.0)
     q = probs * spellable / spell_mass.clamp(min=_EPS).unsqueeze(-1)
+    # the rest of each head's mass is on PAD (tokens shorter than i + 1); 0 where nothing spells
+    marginals = _marginals_with_pad(matrix, q, valid.to(q.dtype), k, n_symbols)
     entropy = -(q * torch.log(q.clamp(min=_EPS))).sum(-1)
     targets = Targets(marginals, 1.0 - spell_mass, valid, entropy)
     if rest_tokens is not None:

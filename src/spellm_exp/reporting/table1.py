@@ -148,6 +148,12 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         "project's extensions, each distilled with the same training profile (results/quality_ablation.md compares "
         "all of them with their ceilings).",
     ]
+    in_domain = [name for name, overrides in cfg.head_types.items() if "data=mix_qa" in overrides]
+    if in_domain:
+        notes.append(f"In-domain distillation text: {', '.join(in_domain)} distilled on `data=mix_qa`, which holds the "
+                     "train questions and gold answers of ARC-Easy, ARC-Challenge, OpenBookQA and PIQA (training "
+                     "splits only; the scored documents are validation ones), so those four columns are in-domain "
+                     "for that row.")
     notes.append(f"Per-document scores and provenance of every row: `{ARCHIVE}/{cfg.profile}/<model>/<variant>/` "
                  "(results.json, samples.jsonl), written by the run that scored it.")
     if read_back:
