@@ -99,7 +99,8 @@ def teacher_shortlist(teacher_logits: torch.Tensor, table: torch.Tensor, spellab
     same string as a shortlist token is part of the rest (the shortlist keeps one token per string). With
     heads.context_tokens and `context`, each position's seen tokens are exact too and leave the rest."""
     log_q = _spellable_log_q(teacher_logits, spellable)
-    ids = heads.token_ids.to(log_q.device).expand(log_q.shape[0], -1)
+    listed = heads.token_ids.to(log_q.device)
+    ids = listed.expand(log_q.shape[0], -1)
     seen = None
     if heads.context_tokens:
         if context is None:
@@ -109,7 +110,7 @@ def teacher_shortlist(teacher_logits: torch.Tensor, table: torch.Tensor, spellab
         # unseen slots take out a shortlist token again (no change), seen ones take their token out of the rest
         ids = torch.cat([ids, torch.where(context.visible.flatten(0, 1), context_ids, ids[:, :1])], dim=1)
     rest_log_mass, rest = _rest_without(log_q, ids, table, spellable, n_symbols, matrix)
-    log_weights = torch.cat([log_q[:, heads.token_ids.to(log_q.device)], rest_log_mass], dim=-1)
+    log_weights = torch.cat([log_q[:, listed], rest_log_mass], dim=-1)
     return Shortlist(heads, log_weights, Factorised(rest),
                      None if seen is None else heads.context_weights(context, seen))
 

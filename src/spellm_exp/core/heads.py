@@ -236,11 +236,12 @@ class Autoregressive(StringDistribution):
 
 
 class ContextWeights:
-    """The exact part of a shortlist for the tokens each position has seen (`heads.context_tokens`): their strings
-    [G, m, k], keys [G, m] and log weights [n, m] (-inf where a position has not seen the token)."""
+    """The exact part of a shortlist for the tokens each position has seen (`heads.context_tokens`): their context
+    (strings [G, m, k]), the strings' keys [G, m] and log weights [n, m] (-inf where a position has not seen the
+    token)."""
 
-    def __init__(self, context: TokenContext, strings: torch.Tensor, keys: torch.Tensor, log_weights: torch.Tensor):
-        self.context, self.strings, self.keys, self.log_weights = context, strings, keys, log_weights
+    def __init__(self, context: TokenContext, keys: torch.Tensor, log_weights: torch.Tensor):
+        self.context, self.strings, self.keys, self.log_weights = context, context.strings, keys, log_weights
 
     def log_terms(self, strings: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """[n, m', m]: log w_j where seen token j spells string m' of strings [n, m', k] (keys [n, m']), else -inf;
@@ -723,7 +724,7 @@ class ShortlistHeads(OutputHeads):
         return Shortlist(self, log_weights, rest, self.context_weights(context, seen))
 
     def context_weights(self, context: TokenContext, log_weights: torch.Tensor) -> ContextWeights:
-        return ContextWeights(context, context.strings, string_keys(context.strings, self.powers), log_weights)
+        return ContextWeights(context, string_keys(context.strings, self.powers), log_weights)
 
     def context_eligible(self, table: torch.Tensor, spellable: torch.Tensor) -> torch.Tensor:
         """[|V|] bool: the tokens a context may score exactly (spellable, and no shortlist token spells their string:
