@@ -108,15 +108,12 @@ def test_bench_times_another_head_type_and_bounds_it_by_its_parameters(kind, cac
     assert record["batches"][0]["spellm"]["step_ms"] > 0
 
 
-def test_bench_times_a_shortlist_that_scores_seen_tokens_in_the_eager_loop(cache_dir):
+def test_bench_times_a_shortlist_that_scores_seen_tokens(cache_dir):
     cfg = _bench_cfg(cache_dir, "heads=shortlist", "heads.context_tokens=true", "batch_sizes=[2]")
     record = bench.run_bench(cfg)
     assert record["spellm"]["head_type"]["context_tokens"] is True
     batch = record["batches"][0]
     assert batch["spellm"]["step_ms"] > 0 and batch["output_layer"]["spellm_ms"] > 0
-    with pytest.raises(ValueError, match="use decode.backend=eager"):
-        bench.run_bench(_bench_cfg(cache_dir, "heads=shortlist", "heads.context_tokens=true", "batch_sizes=[1]",
-                                   "decode.backend=compiled"))
 
 
 @pytest.mark.parametrize("overrides,message", [

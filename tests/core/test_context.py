@@ -8,7 +8,7 @@ import torch
 
 from spellm_exp.config import HeadKind, HeadsConfig
 from spellm_exp.core.charset import Alphabet, CharsetKind
-from spellm_exp.core.context import token_context
+from spellm_exp.core.context import SeenTokens, token_context
 from spellm_exp.core.scoring import encode_pair, score_requests
 from spellm_exp.core.spellm import SpeLLM
 
@@ -35,6 +35,39 @@ def test_token_context_by_hand():
     logits = context.logits(hidden)
     assert logits[4].tolist() == [6.0, 10.0, 14.0] and math.isinf(logits[0, 0]) and logits[0, 1] == 10.0
     assert context.select(slice(3, 5)).visible.shape == (2, 2, 3)
+
+
+def test_seen_tokens_grow_by_first_occurrences_and_match_the_whole_history():
+    """A decode loop's buffers (SeenTokens): after the prompts and each fed id, the visible slots hold exactly the
+    distinct eligible tokens that token_context finds at the last position of prompt + fed ids, once each."""
+    ids = torch.tensor([[5, 7, 5, 9, 3], [0, 0, 2, 2, 4]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # left-padded, as the decoder feeds them
+    eligible = torch.ones(10, dtype=torch.bool)
+    eligible[9] = False
+    table = torch.arange(10).unsqueeze(1).repeat(1, 3)
+    rows = torch.arange(10.0).unsqueeze(1).repeat(1, 2)
+    seen = SeenTokens(2, 8, eligible, table, rows)
+    seen.load(token_context(ids, eligible, table, rows, mask))
+    # per step, the ids fed to the two rows: 7 and 2 seen in the prompt; 6 and 1 twice; 9 ineligible; 11 past |V|
+    fed = torch.tensor([[7, 8], [6, 6], [6, 2], [9, 1], [11, 1]])
+    for step in fed:
+        seen.add(step)
+    assert seen.slot.item() == 3 + 5 == seen.capacity
+    context = seen.context()
+    for row, expected in enumerate([{3, 5, 7, 6}, {2, 4, 8, 6, 1}]):
+        visible = context.ids[row][context.visible[row, 0]].tolist()
+        assert sorted(visible) == sorted(expected)  # each once
+        whole = torch.cat([ids[row][mask[row].bool()], fed[:, row]])
+        whole = whole[whole < 10].unsqueeze(0)
+        assert set(token_context(whole, eligible, table, rows).ids[0].tolist()) == expected
+    assert torch.equal(context.strings[context.visible[:, 0]], table[context.ids[context.visible[:, 0]]])
+    hidden = torch.ones(2, 2)
+    logits = context.logits(hidden)
+    assert logits[0][context.visible[0, 0]].sort().values.tolist() == [6.0, 10.0, 12.0, 14.0]
+    with pytest.raises(ValueError, match="not 3 rows"):
+        seen.load(token_context(torch.ones(3, 2, dtype=torch.long), eligible, table, rows))
+    seen.load(token_context(ids, eligible, table, rows, mask))  # refilled in place: the same buffers, reset
+    assert seen.slot.item() == 3 and seen.context().visible.sum() == 3 + 2
 
 
 PROMPT, ANSWER = "The zebra quietly ate. Then the", " zebra"

@@ -207,8 +207,8 @@ def test_an_unknown_backend_is_rejected(tiny_teacher):
 
 
 def test_a_spellm_with_seen_tokens_decodes_each_token_from_the_tokens_fed_so_far(tiny_teacher):
-    """heads.context_tokens in the eager loop: every step's token is the argmax of the distribution that the
-    forward pass gives that position of prompt + output (the seen tokens grow as ids are fed); compiled refuses."""
+    """heads.context_tokens: every step's token is the argmax of the distribution that the forward pass gives that
+    position of prompt + output (the seen tokens grow as ids are fed); the compiled loop gives the eager tokens."""
     torch.manual_seed(0)
     spellm = SpeLLM.build(tiny_teacher("tiny_llama"), LETTERS, k=6, heads=HeadsConfig(
         kind=HeadKind.shortlist, shortlist=64, context_tokens=True))
@@ -221,5 +221,7 @@ def test_a_spellm_with_seen_tokens_decodes_each_token_from_the_tokens_fed_so_far
     start = len(prompt_ids) - 1
     assert out.token_ids[0] == scores[start:start + 6].argmax(-1).tolist()
     assert spellm.token_context(inputs).visible[0, -1].sum() > 0  # some tokens were seen
-    with pytest.raises(ValueError, match="use decode.backend=eager"):
-        decode(spellm, [prompt], mode="free", max_new_tokens=2, backend="compiled")
+    prompts = [prompt, "a zebra"]  # two rows, left-padded
+    eager = decode(spellm, prompts, mode="free", max_new_tokens=8, ignore_eos=True)
+    compiled = decode(spellm, prompts, mode="free", max_new_tokens=8, ignore_eos=True, backend="compiled")
+    assert compiled.token_ids == eager.token_ids and compiled.texts == eager.texts

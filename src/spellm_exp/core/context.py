@@ -68,3 +68,62 @@ def token_context(ids: torch.Tensor, eligible: torch.Tensor, table: torch.Tensor
     visible = first_seen.unsqueeze(1) <= steps.view(1, -1, 1)  # [G, P, m]
     return TokenContext(token_ids, table[token_ids.to(table.device)].to(ids.device),
                         unembedding[token_ids.to(unembedding.device)].detach(), visible)
+
+
+class SeenTokens:
+    """A decode loop's seen tokens, in buffers whose shapes never change, so a compiled step can replay them.
+
+    `load` puts each row's distinct eligible prompt tokens in the first slots (the rest invisible padding); each
+    head step then writes the id it feeds into the next slot (`add`), visible where that id is eligible and no
+    visible slot of its row holds it yet (a first occurrence: no token counts twice in the softmax). `context()`
+    is the TokenContext of each row's next position, a view of the buffers (G = rows, P = 1). A step costs one
+    slot write and an m x d matmul, with no `unique` over the history. The buffers are allocated once and
+    refilled in place, so their addresses stay fixed for a captured graph.
+    """
+
+    def __init__(self, rows: int, capacity: int, eligible: torch.Tensor, table: torch.Tensor,
+                 unembedding: torch.Tensor):
+        device = unembedding.device
+        self.eligible, self.table, self.unembedding = eligible.to(device), table.to(device), unembedding
+        self.ids = torch.zeros(rows, capacity, dtype=torch.long, device=device)
+        self.strings = torch.zeros(rows, capacity, table.shape[-1], dtype=table.dtype, device=device)
+        self.rows = torch.zeros(rows, capacity, unembedding.shape[-1], dtype=unembedding.dtype, device=device)
+        self.visible = torch.zeros(rows, capacity, dtype=torch.bool, device=device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # the next free slot: a tensor, no recompiles
+
+    @property
+    def capacity(self) -> int:
+        return self.ids.shape[1]
+
+    def buffers(self) -> tuple[torch.Tensor, ...]:
+        return self.ids, self.strings, self.rows, self.visible, self.slot
+
+    def load(self, prompt: TokenContext) -> SeenTokens:
+        """Start from the prompts' tokens (`token_context` of the prompts: its last position has seen them all)."""
+        rows, width = prompt.ids.shape
+        if rows != self.ids.shape[0] or width > self.capacity:
+            raise ValueError(f"SeenTokens holds {self.ids.shape[0]} rows of {self.capacity} slots, not {rows} rows "
+                             f"with {width} distinct prompt tokens.")
+        for buffer in self.buffers():
+            buffer.zero_()
+        self.ids[:, :width], self.strings[:, :width] = prompt.ids, prompt.strings
+        self.rows[:, :width] = prompt.rows.to(self.rows.device)
+        self.visible[:, :width] = prompt.visible[:, -1]
+        self.slot.fill_(width)
+        return self
+
+    def context(self) -> TokenContext:
+        return TokenContext(self.ids, self.strings, self.rows, self.visible.unsqueeze(1))
+
+    def add(self, ids: torch.Tensor) -> None:
+        """Each row's next input id (ids [rows]) is seen from the next step on; at most `capacity` minus the
+        prompt's tokens calls after a `load`."""
+        inside = ids < self.eligible.shape[0]
+        safe = torch.where(inside, ids, 0)
+        repeated = ((self.ids == safe.unsqueeze(1)) & self.visible).any(1)
+        new = inside & self.eligible[safe] & ~repeated
+        self.ids.index_copy_(1, self.slot, safe.unsqueeze(1))
+        self.strings.index_copy_(1, self.slot, self.table[safe].unsqueeze(1))
+        self.rows.index_copy_(1, self.slot, self.unembedding[safe].to(self.rows.dtype).unsqueeze(1))
+        self.visible.index_copy_(1, self.slot, new.unsqueeze(1))
+        self.slot += 1

@@ -34,6 +34,7 @@ import torch
 
 from spellm_exp.core.backbone import run_backbone, static_cache, teacher_head
 from spellm_exp.core.charset import EOS, PAD, TokenSpellings
+from spellm_exp.core.context import SeenTokens
 from spellm_exp.core.spellm import SpeLLM
 from spellm_exp.core.vocab_lookup import VocabLookup, drop_prefix, normalise
 
@@ -105,8 +106,9 @@ class TeacherHead:
     def prepare(self, device: torch.device) -> None:
         """Anything to build before a (compiled) step runs."""
 
-    def begin(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        """The prompts (left-padded ids and mask [n, T]) before the prefill: nothing to keep here."""
+    def begin(self, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> None:
+        """The prompts (left-padded ids and mask [n, T]) before the prefill and at most `steps` head steps to come:
+        nothing to keep here."""
 
     def step(self, hidden: torch.Tensor, pending: torch.Tensor) -> HeadStep:
         return _token_step(teacher_head(self.causal_lm, hidden).argmax(-1), pending)
@@ -133,23 +135,34 @@ class SpeLLMHead:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.width = self.max_ids_per_string = spellm.k if mode == "free" else 1
         self.lookup: VocabLookup | None = None  # string -> id on the device, built by `prepare`
-        # heads that score the seen tokens (heads.context_tokens): every id fed so far and its mask, per row
-        self.history: tuple[torch.Tensor, torch.Tensor] | None = None
+        # heads that score the seen tokens (heads.context_tokens): the current call's, and the buffers of each
+        # (rows, slots) shape, refilled in place by every call of that shape (fixed addresses for a captured graph)
+        self.seen: SeenTokens | None = None
+        self._seen_buffers: dict[tuple[int, int], SeenTokens] = {}
 
     def prepare(self, device: torch.device) -> None:
         if self.mode == "free" and (self.lookup is None or self.lookup.sorted_keys.device != device):
             self.lookup = VocabLookup(self.spelling).to(device)
 
-    def begin(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        self.history = (ids, mask) if self.spellm.uses_context else None
+    def begin(self, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> None:
+        prompt = self.spellm.token_context(ids, mask)
+        if prompt is None:
+            self.seen = None
+            return
+        # a slot per distinct prompt token and per head step, in buckets so similar prompts share a compiled step
+        capacity = -(-(prompt.ids.shape[1] + steps) // CACHE_BUCKET) * CACHE_BUCKET
+        key = (ids.shape[0], capacity)
+        if key not in self._seen_buffers:
+            self._seen_buffers[key] = self.spellm.seen_tokens(*key)
+            if ids.device.type == "cuda":
+                for buffer in self._seen_buffers[key].buffers():
+                    torch._dynamo.mark_static_address(buffer)
+        self.seen = self._seen_buffers[key].load(prompt)
 
     def step(self, hidden: torch.Tensor, pending: torch.Tensor) -> HeadStep:
-        context = None
-        if self.spellm.uses_context:
-            if self.history is None:
-                raise RuntimeError("heads.context_tokens: the decoder did not pass the prompts (SpeLLMHead.begin).")
-            context = self.spellm.token_context(*self.history).select(slice(-1, None))  # each row's last position
-        strings = self.spellm.strings(hidden, context=context)
+        if self.spellm.uses_context and self.seen is None:
+            raise RuntimeError("heads.context_tokens: the decoder did not pass the prompts (SpeLLMHead.begin).")
+        strings = self.spellm.strings(hidden, context=None if self.seen is None else self.seen.context())
         if self.mode == "vocab":
             step = _token_step(strings.vocab_log_probs(self.spellm.spelling_table, self.spellm.spellable).argmax(-1),
                                pending)
@@ -161,10 +174,8 @@ class SpeLLMHead:
             covered = length > 0
             rest = torch.where(covered.unsqueeze(1), drop_prefix(source, length), PAD)
             step = HeadStep(torch.where(covered, ids, self.pad_id), string, asked, rest)
-        if self.history is not None:  # what the backbone reads next is seen from the next step on
-            ids, mask = self.history
-            self.history = (torch.cat([ids, step.ids.unsqueeze(1)], 1),
-                            torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1))
+        if self.seen is not None:  # what the backbone reads next is seen from the next step on
+            self.seen.add(step.ids)
         return step
 
     def proposal(self, output: list[int]) -> Proposal:
@@ -279,9 +290,6 @@ class Decoder:
         self.causal_lm, self.tokenizer, self.head, self.backend, self.sync_every = (
             causal_lm, tokenizer, head, backend, sync_every)
         self.device = next(causal_lm.parameters()).device
-        if backend != "eager" and getattr(getattr(head, "spellm", None), "uses_context", False):
-            raise ValueError("heads.context_tokens decodes in the eager loop only (its seen tokens grow every step, "
-                             "which a compiled step's static shapes do not hold yet); use decode.backend=eager.")
         self.compiler = resolve_compiler(compiler, self.device)
         self._compiled: dict[tuple[int, int], tuple] = {}
 
@@ -300,7 +308,7 @@ class Decoder:
         limit = max(max_new_tokens, 0) * self.head.max_ids_per_string  # enough steps for every row to end
         limit = limit if max_steps is None else min(limit, max_steps)
         self.head.prepare(device)
-        self.head.begin(ids, mask)
+        self.head.begin(ids, mask, limit + 1)  # the prefill's head step and at most `limit` more
         pending = torch.full((ids.shape[0], self.head.width), PAD, dtype=torch.long, device=device)
         loop = self._eager if self.backend == "eager" else self._compiled_loop
         loop(ids, mask, positions, pending, rows, limit, clock)

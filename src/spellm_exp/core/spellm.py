@@ -33,7 +33,7 @@ from spellm_exp.core.charset import (
     SpellingTable,
     TokenSpellings,
 )
-from spellm_exp.core.context import TokenContext, token_context
+from spellm_exp.core.context import SeenTokens, TokenContext, token_context
 from spellm_exp.core.heads import (
     OutputHeads,
     Shortlist,
@@ -120,11 +120,21 @@ class SpeLLM(nn.Module):
         """The seen tokens of each position of ids [G, P] (core.context), for heads that score them; else None."""
         if not self.uses_context:
             return None
+        return token_context(ids, self._eligible_for_context(), self.spelling_table,
+                             self.causal_lm.get_output_embeddings().weight, attention_mask)
+
+    def seen_tokens(self, rows: int, capacity: int) -> SeenTokens:
+        """Empty buffers for a decode loop's seen tokens (core.context.SeenTokens): `rows` rows of `capacity` slots,
+        for the distinct prompt tokens and every id fed after them."""
+        return SeenTokens(rows, capacity, self._eligible_for_context(), self.spelling_table,
+                          self.causal_lm.get_output_embeddings().weight)
+
+    def _eligible_for_context(self) -> torch.Tensor:
+        """[|V|] bool (ShortlistHeads.context_eligible), kept until the shortlist's strings change."""
         key = (self.heads.strings.data_ptr(), self.heads.strings._version, self.spelling_table.device)
         if self._context_eligible is None or self._context_eligible[0] != key:
             self._context_eligible = (key, self.heads.context_eligible(self.spelling_table, self.spellable))
-        return token_context(ids, self._context_eligible[1], self.spelling_table,
-                             self.causal_lm.get_output_embeddings().weight, attention_mask)
+        return self._context_eligible[1]
 
     def strings(self, hidden: torch.Tensor, source: str = "heads", context: TokenContext | None = None
                 ) -> StringDistribution:
