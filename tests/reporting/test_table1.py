@@ -130,7 +130,7 @@ def test_table1_distils_scores_and_can_leave_out_head_types_not_distilled_yet(ca
     assert sorted(p.name for p in archive.iterdir()) == ["linear", "shortlist_16", "teacher"]
     assert set(tidy["head_type"].dropna()) == {"linear", "shortlist-16"}
     markdown = (tmp_path / "results" / "table1.md").read_text()
-    assert "| SpeLLM k=4 chars-64+esc shortlist-16 - teacher |" in markdown and "Left out" not in markdown
+    assert "| SpeLLM k=4 chars-64+esc shortlist-16 (shortlist_16) - teacher |" in markdown and "Left out" not in markdown
 
 
 def test_table1_rebuilds_from_its_archived_evaluations_without_the_runs(cache_dir, tmp_path):
@@ -174,4 +174,4 @@ def test_table1_rebuilds_from_its_archived_evaluations_without_the_runs(cache_di
                                 "only=[llama/shortlist_16]"), "test")
     assert [p.name for p in (tmp_path / "outputs" / "train").iterdir()] == ["smollm2_k16_quick_shortlist_16"]
     markdown = (results / "table1.md").read_text()
-    assert "SpeLLM k=4 chars-64+esc linear - teacher" in markdown and "shortlist-16 - teacher" in markdown
+    assert "SpeLLM k=4 chars-64+esc linear - teacher" in markdown and "shortlist-16 (shortlist_16) - teacher" in markdown

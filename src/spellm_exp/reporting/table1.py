@@ -122,7 +122,10 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
                 wide.append(teacher_row)
                 tidy += records
             failures[f"{model} {head_type}"] = row["segmentation_failures"]
-            rows, records = spellm_rows(row["model"], row["label"], f"spellm {head_type}", teacher_dir,
+            # the head type's name too where the heads' label does not say it: two types may share heads and
+            # differ in their training
+            label = row["label"] if head_type == row["head_label"] else f"{row['label']} ({head_type})"
+            rows, records = spellm_rows(row["model"], label, f"spellm {head_type}", teacher_dir,
                                         archive / head_type, tasks, teacher_results)
             wide += rows
             tidy += [{**record, "head_type": row["head_label"]} for record in records]
