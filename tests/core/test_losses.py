@@ -37,6 +37,22 @@ def test_marginals_by_hand():
     assert targets.valid.tolist() == [True]
 
 
+@settings(max_examples=25, deadline=None)
+@given(scale=st.floats(0.1, 30.0), temperature=st.floats(0.5, 4.0), seed=st.integers(0, 2**16))
+def test_the_target_entropy_is_that_of_the_renormalised_spellable_distribution(scale, temperature, seed):
+    """H(q) of q = softmax(z / T) restricted to the spellable tokens and renormalised, by its definition; 0 where
+    nothing spells."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 5, generator=generator) * scale
+    logits[2, :4] = -1e4  # the third position puts (numerically) all its mass on the unspellable token
+    targets = head_marginals(logits, TABLE, SPELLABLE, n_symbols=4, temperature=temperature)
+    q = torch.softmax(logits[:2].double() / temperature, -1)[:, :4]
+    q = q / q.sum(-1, keepdim=True)
+    expected = -(q * q.clamp(min=1e-300).log()).sum(-1)
+    torch.testing.assert_close(targets.entropy[:2].double(), expected, atol=1e-4, rtol=1e-4)
+    assert targets.entropy[2] == 0.0 and not targets.valid[2]
+
+
 def test_a_position_with_no_spellable_mass_is_masked_out():
     logits = torch.tensor([[-1e4, -1e4, -1e4, -1e4, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
     targets = head_marginals(logits, TABLE, SPELLABLE, n_symbols=4)

@@ -92,7 +92,8 @@ def head_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable:
     """
     if matrix is None:
         matrix = spelling_matrix(table, n_symbols)
-    probs = torch.softmax(teacher_logits.float() / temperature, dim=-1)
+    scaled = teacher_logits.float() / temperature
+    probs = torch.softmax(scaled, dim=-1)
     if matrix.dtype != probs.dtype:  # FSDP's bf16 mixed precision casts floating buffers; 0/1 stay exact
         matrix = matrix.to(probs.dtype)
     spell_mass = probs @ spellable.to(probs.dtype)
@@ -101,7 +102,10 @@ def head_marginals(teacher_logits: torch.Tensor, table: torch.Tensor, spellable:
     q = probs * spellable / spell_mass.clamp(min=_EPS).unsqueeze(-1)
     # the rest of each head's mass is on PAD (tokens shorter than i + 1); 0 where nothing spells
     marginals = _marginals_with_pad(matrix, q, valid.to(q.dtype), k, n_symbols)
-    entropy = -(q * torch.log(q.clamp(min=_EPS))).sum(-1)
+    # H(q) = log Z_spellable - sum_t q_t z_t (log q_t = z_t - log Z_spellable on spellable tokens): one multiply-add
+    # pass over |V| instead of a log of every probability (a third of the targets' time at |V| = 262,144)
+    log_spellable = torch.logsumexp(scaled, -1) + torch.log(spell_mass.clamp(min=_EPS))
+    entropy = torch.where(valid, log_spellable - (q * scaled).sum(-1), 0.0).clamp(min=0.0)
     targets = Targets(marginals, 1.0 - spell_mass, valid, entropy)
     if rest_tokens is not None:
         q_rest = q * rest_tokens.to(q.dtype)
