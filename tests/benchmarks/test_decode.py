@@ -109,7 +109,8 @@ def test_bench_times_another_head_type_and_bounds_it_by_its_parameters(kind, cac
 
 
 def test_bench_times_a_shortlist_that_scores_seen_tokens(cache_dir):
-    cfg = _bench_cfg(cache_dir, "heads=shortlist", "heads.context_tokens=true", "batch_sizes=[2]")
+    # more output-layer repeats than a decode loop's 64 slots: the timing starts the seen tokens with room for them
+    cfg = _bench_cfg(cache_dir, "heads=shortlist", "heads.context_tokens=true", "batch_sizes=[2]", "layer_repeats=80")
     record = bench.run_bench(cfg)
     assert record["spellm"]["head_type"]["context_tokens"] is True
     batch = record["batches"][0]

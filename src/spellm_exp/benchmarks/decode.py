@@ -192,10 +192,11 @@ def _summarise(runs: list[dict], batch_size: int) -> dict:
 
 
 def time_output_layers(teacher_head: TeacherHead, spellm_head: SpeLLMHead, hidden: torch.Tensor, repeats: int,
-                       clock) -> dict:
+                       clock, prompts: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """Median ms of each output layer's device step alone on the same hidden states (the SpeLLM's includes
     string -> ids), and of the host reading one SpeLLM step into strings and ids (off the step's critical path
-    with decode.backend=compiled, where it happens every few steps)."""
+    with decode.backend=compiled, where it happens every few steps). `prompts` (left-padded ids and mask) start
+    the heads that keep the tokens fed so far (heads.context_tokens), with room for every step timed here."""
     def median_ms(fn) -> float:
         fn()  # warm-up
         times = []
@@ -209,6 +210,8 @@ def time_output_layers(teacher_head: TeacherHead, spellm_head: SpeLLMHead, hidde
     teacher_pending = torch.full((rows, teacher_head.width), PAD, dtype=torch.long, device=hidden.device)
     spellm_pending = torch.full((rows, spellm_head.width), PAD, dtype=torch.long, device=hidden.device)
     spellm_head.prepare(hidden.device)
+    for head in (teacher_head, spellm_head):
+        head.begin(*prompts, steps=repeats + 2)  # the first step, a warm-up and `repeats` timed ones
     outputs = spellm_head.step(hidden, spellm_pending).output
     return {"teacher_ms": median_ms(lambda: teacher_head.step(hidden, teacher_pending)),
             "spellm_ms": median_ms(lambda: spellm_head.step(hidden, spellm_pending)),
@@ -237,7 +240,9 @@ def bench_batch(spellm: SpeLLM, prompts: list[str], cfg: DictConfig, device: tor
             lambda decoder=decoder: decoder.generate(prompts, max_new_tokens=cfg.decode_steps + 1, ignore_eos=True,
                                                      max_steps=cfg.decode_steps), device)
     hidden = torch.randn(batch_size, spellm.info.hidden_size, device=device, dtype=spellm.heads.dtype)
-    layers = time_output_layers(heads["teacher"], heads["spellm"], hidden, cfg.layer_repeats, clock)
+    enc = spellm.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+    layers = time_output_layers(heads["teacher"], heads["spellm"], hidden, cfg.layer_repeats, clock,
+                                (enc["input_ids"].to(device), enc["attention_mask"].to(device)))
     layers["host_share_of_spellm_step"] = layers["spellm_host_ms"] / result["spellm"]["step_ms"]
     result["output_layer"] = layers
     result["step_ratio"] = result["spellm"]["step_ms"] / result["teacher"]["step_ms"]
