@@ -44,6 +44,11 @@ COMPILERS = ("auto", "cudagraphs", "inductor")
 CACHE_BUCKET = 64  # static caches are sized in multiples of this, so similar prompt lengths reuse a compiled step
 
 
+def _bucketed(size: int) -> int:
+    """`size` rounded up to a multiple of CACHE_BUCKET."""
+    return -(-size // CACHE_BUCKET) * CACHE_BUCKET
+
+
 @dataclass(frozen=True)
 class Proposal:
     text: bytes  # what the row's output gains
@@ -150,7 +155,7 @@ class SpeLLMHead:
             self.seen = None
             return
         # a slot per distinct prompt token and per head step, in buckets so similar prompts share a compiled step
-        capacity = -(-(prompt.ids.shape[1] + steps) // CACHE_BUCKET) * CACHE_BUCKET
+        capacity = _bucketed(prompt.ids.shape[1] + steps)
         key = (ids.shape[0], capacity)
         if key not in self._seen_buffers:
             self._seen_buffers[key] = self.spellm.seen_tokens(*key)
@@ -336,7 +341,7 @@ class Decoder:
     def _compiled_loop(self, ids, mask, positions, pending, rows: _Rows, limit: int, clock) -> None:
         stats = rows.stats
         n_rows, length = ids.shape
-        cache_len = -(-(length + limit + 1) // CACHE_BUCKET) * CACHE_BUCKET
+        cache_len = _bucketed(length + limit + 1)
         cache, step_fn = self._step_for(n_rows, cache_len)
         full_mask = torch.cat([mask, mask.new_ones(n_rows, cache_len - length)], dim=1)
         started = clock()
