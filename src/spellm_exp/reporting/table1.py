@@ -11,6 +11,7 @@ one head type at a time) without the runs.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -41,12 +42,37 @@ def spellm_rows(model: str, label: str, name: str, teacher_dir: Path, spellm_dir
     return [spellm, diff], spellm_tidy + diff_tidy
 
 
-def _score_run(cfg: DictConfig, experiment: str, head_type: str, overrides: tuple, suffix: str, archive: Path,
-               tasks: list[str], limit: int | None, common: dict, config: dict, teacher_settings: dict,
-               settings: dict, score_teacher: bool) -> dict:
+@dataclass(frozen=True)
+class Scoring:
+    """What every row of one call scores with: the config, tasks, documents, harness arguments."""
+    cfg: DictConfig
+    tasks: list[str]
+    limit: int | None
+    harness: dict  # SpeLLMHarnessLM's batch size and score
+    config: dict  # the resolved config, kept with each evaluation
+
+
+@dataclass(frozen=True)
+class RowRun:
+    """One teacher's SpeLLM of one head type, where its evaluations are archived and what they must match."""
+    experiment: str
+    head_type: str
+    overrides: tuple
+    archive: Path  # results/table1_evals/<profile>/<model>
+    settings: dict
+    teacher_settings: dict
+
+    @property
+    def suffix(self) -> str:  # a head type without overrides is the experiment as it is (the paper's linear heads)
+        return f"_{self.head_type}" if self.overrides else ""
+
+
+def _score_run(scoring: Scoring, run: RowRun, score_teacher: bool) -> dict:
     """Distil (or reuse) the SpeLLM of one head type, score it and (`score_teacher`) its teacher with the same
     harness code; archive what was scored; return the SpeLLM's row labels."""
-    run_dir = trained_run(experiment, cfg.profile, cfg.paths.output_dir, cfg.paths.cache_dir, overrides, suffix)
+    cfg, tasks, limit, common, config = (scoring.cfg, scoring.tasks, scoring.limit, scoring.harness, scoring.config)
+    run_dir = trained_run(run.experiment, cfg.profile, cfg.paths.output_dir, cfg.paths.cache_dir, run.overrides,
+                          run.suffix)
     spellm = SpeLLM.load(run_dir / "spellm", cache_dir=cfg.paths.cache_dir)
     eval_dir = run_dir / "eval" / f"table1-{cfg.profile}"
     teacher_row = {"model": spellm.info.description}
@@ -54,17 +80,17 @@ def _score_run(cfg: DictConfig, experiment: str, head_type: str, overrides: tupl
         frozen = json.loads((run_dir / "spellm" / META_FILE).read_text())["backbone"] == "frozen"
         teacher = None if frozen else load_teacher(spellm.teacher_config)  # a trained backbone is not it
         lm = SpeLLMHarnessLM(variant="teacher", spellm=None if teacher else spellm, teacher=teacher, **common)
-        evaluate_or_reuse(lm, tasks, eval_dir / "teacher", cfg.num_fewshot, limit, teacher_settings, config)
-        archive_evaluation(eval_dir / "teacher", archive / "teacher", teacher_row)
+        evaluate_or_reuse(lm, tasks, eval_dir / "teacher", cfg.num_fewshot, limit, run.teacher_settings, config)
+        archive_evaluation(eval_dir / "teacher", run.archive / "teacher", teacher_row)
     lm = SpeLLMHarnessLM(variant="spellm", spellm=spellm, **common)
     # a finished evaluation with the same settings is reused (adding a head type scores only that one)
-    evaluate_or_reuse(lm, tasks, eval_dir / "spellm", cfg.num_fewshot, limit, settings, config)
+    evaluate_or_reuse(lm, tasks, eval_dir / "spellm", cfg.num_fewshot, limit, run.settings, config)
     head_label = heads_label(spellm.heads.settings())  # e.g. shortlist-16384: the type and its size
     scored = json.loads((eval_dir / "spellm" / "results.json").read_text())["spellm_exp"]
-    row = {**teacher_row, "label": f"SpeLLM k={spellm.k} {spellm.alphabet.label} {head_label}",
-           "head_label": head_label, "segmentation_failures": scored["segmentation_failures"]}
-    archive_evaluation(eval_dir / "spellm", archive / head_type, row)
-    return row
+    labels = {**teacher_row, "label": f"SpeLLM k={spellm.k} {spellm.alphabet.label} {head_label}",
+              "head_label": head_label, "segmentation_failures": scored["segmentation_failures"]}
+    archive_evaluation(eval_dir / "spellm", run.archive / run.head_type, labels)
+    return labels
 
 
 def _written(stored: dict) -> str:
@@ -84,8 +110,8 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
     row_names = [f"{model}/{head_type}" for model in profile.models for head_type in cfg.head_types]
     if unknown := [name for name in cfg.only if name not in row_names]:
         raise ValueError(f"only={unknown}: name rows of this profile as model/head_type, among {row_names}.")
-    config = OmegaConf.to_container(cfg, resolve=True)
-    common = dict(batch_size=cfg.batch_size, score=cfg.score)
+    scoring = Scoring(cfg, tasks, profile.limit, dict(batch_size=cfg.batch_size, score=cfg.score),
+                      OmegaConf.to_container(cfg, resolve=True))
     wide, tidy, failures, left_out, read_back = [], [], {}, [], []
     for model in profile.models:
         experiment = cfg.experiments[model]
@@ -94,11 +120,10 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
                                                {"model": model, "variant": "teacher"})
         teacher_dir, teacher_results = None, None
         for head_type, overrides in cfg.head_types.items():
-            # a head type without overrides is the experiment as it is (the paper's linear heads)
-            suffix = f"_{head_type}" if overrides else ""
             settings = evaluation_settings(tasks, profile.limit, cfg.num_fewshot, cfg.score,
                                            {"model": model, "variant": "spellm", "head_type": head_type,
                                             "experiment": experiment, "overrides": list(overrides)})
+            run = RowRun(experiment, head_type, tuple(overrides), archive, settings, teacher_settings)
             archived = {name: archived_evaluation(archive / name, wanted) if cfg.reuse_archived else None
                         for name, wanted in (("teacher", teacher_settings), (head_type, settings))}
             if all(archived.values()):
@@ -108,13 +133,11 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
             else:
                 chosen = not cfg.only or f"{model}/{head_type}" in cfg.only
                 if not chosen or (not cfg.distil_missing and not is_finished(run_folder(
-                        cfg.paths.output_dir, experiment, cfg.profile, suffix))):
+                        cfg.paths.output_dir, experiment, cfg.profile, run.suffix))):
                     left_out.append(f"{model} {head_type}")
                     continue
                 # the teacher once per model: unless archived, with the first head type this call scores
-                row = _score_run(cfg, experiment, head_type, tuple(overrides), suffix, archive, tasks, profile.limit,
-                                 common, config, teacher_settings, settings,
-                                 score_teacher=archived["teacher"] is None and teacher_dir is None)
+                row = _score_run(scoring, run, score_teacher=archived["teacher"] is None and teacher_dir is None)
             if teacher_dir is None:  # the teacher's row, once per model
                 teacher_dir = archive / "teacher"
                 teacher_results = harness_results(teacher_dir)
