@@ -30,10 +30,10 @@ from spellm_exp.reporting.quality import accuracy_row, difference_row
 from spellm_exp.reporting.tables import write_table
 from spellm_exp.teachers import load_teacher
 
-ARCHIVE = "table1_evals"
+ARCHIVE = "table1_evals"  # under results/: each row's evaluation, per profile, model and variant
 # distillation text (data=) that holds some tasks' train questions with their gold answers (conf/data/)
 IN_DOMAIN = {"mix_qa": "ARC-Easy, ARC-Challenge, OpenBookQA and PIQA",
-             "mix_qa_boolq": "ARC-Easy, ARC-Challenge, OpenBookQA, PIQA and BoolQ"}  # under results/: each row's evaluation, per profile, model and variant
+             "mix_qa_boolq": "ARC-Easy, ARC-Challenge, OpenBookQA, PIQA and BoolQ"}
 
 
 def spellm_rows(model: str, label: str, name: str, teacher_dir: Path, spellm_dir: Path, tasks: list[str],
