@@ -422,16 +422,17 @@ def register_configs() -> None:
     store.store(group="data", name="data_schema", node=DataConfig)
 
 
-def compose_config(name: str, overrides: list[str] | tuple[str, ...] = ()):
-    """The config `name` of conf/ with `overrides`, inside a running Hydra app or outside one."""
+def compose_config(name: str, overrides: list[str] | tuple[str, ...] = (), with_hydra: bool = False):
+    """The config `name` of conf/ with `overrides`, inside a running Hydra app or outside one (`with_hydra`: with
+    its `hydra` node, whose runtime.choices name the option chosen in each config group)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
     if GlobalHydra.instance().is_initialized():  # inside a command's own Hydra app: the same conf/
-        return compose(config_name=name, overrides=list(overrides))
+        return compose(config_name=name, overrides=list(overrides), return_hydra_config=with_hydra)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
+        return compose(config_name=name, overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 def typed(schema, node):

