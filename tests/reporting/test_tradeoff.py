@@ -16,10 +16,12 @@ def test_gaps_join_ratios_of_the_same_model_and_head_type_on_one_device(tmp_path
         {"model": "Gemma", "variant": "spellm mixture_8-teacher", "task": "average", "value": -0.02, "stderr": 0.01,
          "head_type": "mixture-8"},
     ]).to_csv(tmp_path / "table1.csv", index=False)
-    pd.DataFrame([{"model": "SmolLM2", "task": "average", "value": -0.1, "stderr": 0.01}]).to_csv(
+    pd.DataFrame([{"model": "SmolLM2", "variant": "spellm linear - teacher", "task": "average", "value": -0.1,
+                   "stderr": 0.01}]).to_csv(
         tmp_path / "quality_ablation.csv", index=False)  # written before head types: left out
     gaps = quality_gaps(tmp_path)
     assert list(gaps["head_type"]) == ["linear", "mixture-8"]
+    assert list(gaps["row"]) == ["linear", "mixture_8"]  # the run's name, from the variant
     assert gaps["accuracy gap (points)"].tolist() == pytest.approx([-14.0, -2.0])
     bench = pd.DataFrame([
         {"model": "SmolLM2", "head_type": "linear", "device": "CPU", "batch": 1, "ratio": 0.85},

@@ -13,7 +13,8 @@ QUALITY_SOURCES = {"table1": "Table 1 (9 tasks)", "quality_ablation": "ablation 
 
 
 def quality_gaps(results_dir: Path) -> pd.DataFrame:
-    """(source, model, head_type, gap points, stderr) of every SpeLLM's average paired difference to its teacher."""
+    """(source, model, row, head_type, gap points, stderr) of every SpeLLM's average paired difference to its
+    teacher; `row` names the run (rows of one head type can differ in their data or training)."""
     frames = []
     for name, source in QUALITY_SOURCES.items():
         path = Path(results_dir) / f"{name}.csv"
@@ -23,7 +24,9 @@ def quality_gaps(results_dir: Path) -> pd.DataFrame:
         if "head_type" not in tidy.columns:  # written before head types: not comparable here
             continue
         rows = tidy[(tidy["task"] == "average") & tidy["head_type"].notna()]
-        frames.append(pd.DataFrame({"source": source, "model": rows["model"], "head_type": rows["head_type"],
+        names = rows["variant"].str.removeprefix("spellm ").str.replace(r"\s*-\s*teacher$", "", regex=True)
+        frames.append(pd.DataFrame({"source": source, "model": rows["model"], "row": names,
+                                    "head_type": rows["head_type"],
                                     "accuracy gap (points)": 100 * rows["value"], "gap stderr": 100 * rows["stderr"]}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -56,7 +59,7 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, device: str) -> None:
                        facecolors=None if filled else "none", edgecolors="C0" if not filled else None,
                        label=f"{source}, {column.replace('step ratio ', '')}")
             for _, row in rows.iterrows():
-                ax.annotate(f"{row['model'].split('-')[0]} {row['head_type']}", (row[column], row["accuracy gap (points)"]),
+                ax.annotate(f"{row['model'].split('-')[0]} {row['row']}", (row[column], row["accuracy gap (points)"]),
                             fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.axhline(-3.0, color="grey", linewidth=0.8, linestyle=":")
