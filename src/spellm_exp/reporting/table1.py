@@ -56,7 +56,7 @@ def in_domain_notes(cfg: DictConfig) -> list[str]:
         if tasks:
             by_data.setdefault((train.hydra.runtime.choices.data, tasks), []).append(name)
     return [f"In-domain distillation text: {', '.join(names)} distilled on `data={data}` (sources in conf/data/"
-            f"{data}.yaml), which holds the train examples with their gold answers of {', '.join(tasks)} (training splits "
+            f"{data}.yaml), which holds the train examples, with their gold answers, of {', '.join(tasks)} (training splits "
             "only; the scored documents are validation ones), so those columns are in-domain for those rows."
             for (data, tasks), names in by_data.items()]
 
