@@ -187,6 +187,6 @@ def test_in_domain_notes_follow_each_head_types_data_sources():
                       "plays": ["data=shakespeare"]}
     notes = in_domain_notes(cfg)
     assert len(notes) == 2  # the default mix holds HellaSwag's answers, which this call does not score
-    assert "qa distilled on `data=mix_qa`" in notes[0] and "gold answers of piqa (" in notes[0]
-    assert "qa_boolq distilled on `data=mix_qa_boolq`" in notes[1] and "gold answers of boolq, piqa (" in notes[1]
+    assert "qa distilled on `data=mix_qa`" in notes[0] and "gold answers, of piqa (" in notes[0]
+    assert "qa_boolq distilled on `data=mix_qa_boolq`" in notes[1] and "gold answers, of boolq, piqa (" in notes[1]
     assert not any("paper" in note or "plays" in note or "sciq" in note for note in notes)
