@@ -51,8 +51,7 @@ def in_domain_notes(cfg: DictConfig) -> list[str]:
     by_data: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for name, overrides in cfg.head_types.items():
         train = compose_config("train", [f"experiment={experiment}", *overrides], with_hydra=True)
-        tasks = tuple(ANSWERED_TASKS[source] for source in train.data.sources
-                      if source in ANSWERED_TASKS and ANSWERED_TASKS[source] in cfg.tasks)
+        tasks = tuple(task for task in map(ANSWERED_TASKS.get, train.data.sources) if task in cfg.tasks)
         if tasks:
             by_data.setdefault((train.hydra.runtime.choices.data, tasks), []).append(name)
     return [f"In-domain distillation text: {', '.join(names)} distilled on `data={data}` (sources in conf/data/"

@@ -58,7 +58,9 @@ def plot_tradeoff(frame: pd.DataFrame, path: Path, device: str) -> None:
             ax.scatter(rows[column], rows["accuracy gap (points)"], marker=markers[source],
                        facecolors=None if filled else "none", edgecolors="C0" if not filled else None,
                        label=f"{source}, {column.replace('step ratio ', '')}")
-            for _, row in rows.iterrows() if filled else ():  # each row named once, at its batch-1 point
+            if not filled:  # each row is named once, at its batch-1 point
+                continue
+            for _, row in rows.iterrows():
                 ax.annotate(f"{row['model'].split('-')[0]} {row['row']}", (row[column], row["accuracy gap (points)"]),
                             fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axhline(0.0, color="grey", linewidth=0.8)
