@@ -1,6 +1,7 @@
 """The runtime bench: the shared decode loop, the bound, the JSON record, Table 2's builder, early errors."""
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
 import spellm_exp.benchmarks.decode as bench
-from spellm_exp.benchmarks.decode import Bound, check_bench_config
+from spellm_exp.benchmarks.decode import Bound, check_bench_config, paired_ratios
 from spellm_exp.benchmarks.measure import BenchConfigError, nonembedding_params
 from spellm_exp.config import CONFIG_DIR
 from spellm_exp.core.decoding import SpeLLMHead, TeacherHead
@@ -64,7 +65,9 @@ def test_teacher_and_spellm_go_through_the_same_loop(backend, cache_dir, monkeyp
     assert all(lm is spellm.causal_lm for _, lm, *_ in seen)  # one backbone object for both
     assert {b for _, _, b, _ in seen} == {backend}
     assert len({d for *_, d in seen}) == 2  # one decoder per head, reused by every run (compiled once)
-    assert result["step_ratio"] == pytest.approx(result["spellm"]["step_ms"] / result["teacher"]["step_ms"])
+    pairs = [s["step_s"] / t["step_s"] for t, s in zip(result["teacher"]["runs"], result["spellm"]["runs"])]
+    assert result["paired_ratios"] == pytest.approx(pairs) and len(pairs) == cfg.repeats
+    assert result["step_ratio"] == pytest.approx(statistics.median(pairs))  # the median of the repeats' pairs
     assert result["spellm"]["runs"][0]["steps"] == 3 and result["spellm"]["runs"][0]["head_steps"] == 3
 
 
@@ -162,6 +165,22 @@ def _record(model, init, device, ratio_1, bound, skipped=None, head_type=None, d
                                           "host_share_of_spellm_step": 0.01}}]}
 
 
+def test_paired_ratios_pair_each_repeats_runs_and_the_table_shows_their_median_and_range():
+    runs = lambda steps: [{"step_s": step} for step in steps]  # noqa: E731
+    batch = {"teacher": {"runs": runs([0.10, 0.20, 0.10]), "step_ms": 100.0},
+             "spellm": {"runs": runs([0.05, 0.06, 0.07]), "step_ms": 60.0}, "step_ratio": 0.6}
+    assert paired_ratios(batch) == pytest.approx([0.5, 0.3, 0.7])
+    assert paired_ratios({"teacher": {}, "spellm": {}, "step_ratio": 0.8}) == [0.8]  # a record that kept no runs
+    record = _record("gemma", "pretrained", "CPU", 0.6, 0.42)
+    record["batches"][0]["teacher"]["runs"], record["batches"][0]["spellm"]["runs"] = batch["teacher"]["runs"], \
+        batch["spellm"]["runs"]
+    shown, tidy = table_frames([record])
+    row = shown.iloc[0]
+    assert row["measured ratio"] == pytest.approx(0.5) and row["reduction %"] == pytest.approx(50.0)
+    assert (row["ratio range"], row["repeats"]) == ("0.300-0.700", 3)
+    assert tidy.iloc[0]["ratio_of_medians"] == pytest.approx(0.6) and tidy.iloc[0]["ratio"] == pytest.approx(0.5)
+
+
 def test_table_builder_turns_records_into_rows():
     records = [_record("llama", "pretrained (dequantised GGUF)", "CPU", 0.8, 0.79),
                _record("qwen", "random init", "CPU", 0.5, 0.45), _record("gemma2", "random init", "CPU", 0.7, 0.6),
@@ -205,7 +224,7 @@ def test_table2_from_kept_records_writes_markdown_csv_and_plot(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "results" / "table2.md").read_text()
-    assert ("| LLAMA | pretrained | CPU | float32 | eager | 1 | k=16 chars-64 linear | 10 | 8 |  | 0.8 | 0.79 | 20 | 3 | 3 |"
+    assert ("| LLAMA | pretrained | CPU | float32 | eager | 1 | k=16 chars-64 linear | 10 | 8 |  | 0.8 | 0.800-0.800 | 1 | 0.79 | 20 | 3 |"
             in markdown)
     assert "CPU: 50.0%" in markdown  # the random-init average
     assert (tmp_path / "results" / "table2.png").stat().st_size > 1000

@@ -36,3 +36,17 @@ def test_gaps_join_ratios_of_the_same_model_and_head_type_on_one_device(tmp_path
     assert frame["step ratio b=8"].iloc[0] == 0.8 and pd.isna(frame["step ratio b=8"].iloc[1])
     plot_tradeoff(frame, tmp_path / "tradeoff.png", "CPU")
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000
+
+
+def test_a_head_type_timed_twice_takes_the_record_with_more_repeats():
+    gaps = pd.DataFrame([{"source": "Table 1 (9 tasks)", "model": "Gemma", "row": "shortlist_16k_qa_boolq",
+                          "head_type": "shortlist-16384+context", "accuracy gap (points)": -2.2, "gap stderr": 0.7}])
+    bench = pd.DataFrame([
+        {"model": "Gemma", "head_type": "shortlist-16384+context", "device": "CPU", "loop": "eager", "batch": 1,
+         "ratio": 0.48, "repeats": 5, "date": "2026-12-02"},
+        {"model": "Gemma", "head_type": "shortlist-16384+context", "device": "CPU", "loop": "eager", "batch": 1,
+         "ratio": 0.44, "repeats": 15, "date": "2026-12-01"},
+        {"model": "Gemma", "head_type": "shortlist-16384+context", "device": "CPU", "loop": "compiled", "batch": 1,
+         "ratio": 0.40, "repeats": 30, "date": "2026-12-03"},
+    ])
+    assert tradeoff_frame(gaps, bench, "CPU")["step ratio b=1"].tolist() == [0.44]

@@ -245,8 +245,17 @@ def bench_batch(spellm: SpeLLM, prompts: list[str], cfg: DictConfig, device: tor
                                 (enc["input_ids"].to(device), enc["attention_mask"].to(device)))
     layers["host_share_of_spellm_step"] = layers["spellm_host_ms"] / result["spellm"]["step_ms"]
     result["output_layer"] = layers
-    result["step_ratio"] = result["spellm"]["step_ms"] / result["teacher"]["step_ms"]
+    result["paired_ratios"] = paired_ratios(result)
+    result["step_ratio"] = statistics.median(result["paired_ratios"])
     return result
+
+
+def paired_ratios(batch: dict) -> list[float]:
+    """SpeLLM / teacher median step of each timed repeat. A repeat's two runs are adjacent in time, so their ratio
+    sees one state of a shared machine, whose drift between repeats moves both sides; the median of these is the
+    measured ratio. Records that kept no runs give their one ratio."""
+    pairs = zip(batch["teacher"].get("runs", []), batch["spellm"].get("runs", []))
+    return [spellm["step_s"] / teacher["step_s"] for teacher, spellm in pairs] or [batch["step_ratio"]]
 
 
 def skip_reason(cfg: DictConfig, device: torch.device) -> str | None:
