@@ -336,6 +336,8 @@ class BenchDistillJob(_Command):
 class Table1Profile:
     models: list[str] = field(default_factory=list)
     limit: int | None = None
+    # model -> the names of `head_types` that are its rows (a model not named here: every head type)
+    head_types: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

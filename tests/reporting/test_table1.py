@@ -98,6 +98,7 @@ def _table1_config(tmp_path, cache_dir, head_types, *overrides):
             f"paths.results_dir={tmp_path}/results", *overrides])
     with open_dict(cfg):
         cfg.head_types = head_types
+        cfg.profiles.quick.head_types = {}  # the test's head types are the rows
     return cfg
 
 
@@ -185,8 +186,30 @@ def test_in_domain_notes_follow_each_head_types_data_sources():
     cfg = compose_config("table1", ["tasks=[boolq,piqa,sciq]"])
     cfg.head_types = {"paper": [], "qa": ["data=mix_qa"], "qa_boolq": ["data=mix_qa_boolq", "heads=mlp"],
                       "plays": ["data=shakespeare"]}
+    cfg.profiles.quick.head_types = {}  # every head type is a row of every teacher
     notes = in_domain_notes(cfg)
     assert len(notes) == 2  # the default mix holds HellaSwag's answers, which this call does not score
     assert "qa distilled on `data=mix_qa`" in notes[0] and "gold answers, of piqa (" in notes[0]
     assert "qa_boolq distilled on `data=mix_qa_boolq`" in notes[1] and "gold answers, of boolq, piqa (" in notes[1]
     assert not any("paper" in note or "plays" in note or "sciq" in note for note in notes)
+
+
+def test_each_teacher_has_the_rows_its_profile_names():
+    """profiles.<profile>.head_types picks each model's rows (in its order); a model it does not name gets every
+    head type; a name that is no head type fails before anything is distilled."""
+    from spellm_exp.config import compose_config
+    from spellm_exp.reporting.table1 import model_head_types, write_table1
+
+    cfg = compose_config("table1", ["profile=full"])
+    cfg.head_types = {"linear": [], "big": ["heads=shortlist"], "small": ["heads=mlp"]}
+    cfg.profiles.full.head_types = {"gemma": ["small", "linear"]}
+    assert model_head_types(cfg, "gemma") == {"small": ["heads=mlp"], "linear": []}
+    assert list(model_head_types(cfg, "llama")) == ["linear", "big", "small"]
+    cfg.profiles.full.head_types = {"gemma": ["linear", "huge"]}
+    with pytest.raises(ValueError, match=r"profiles.full.head_types.gemma=\['huge'\]: no such head types"):
+        write_table1(cfg, "test")
+    # the committed quick profile: Gemma-3's rows are its BoolQ-answer lists, not SmolLM2's 8k/10k/12k sizes
+    quick = compose_config("table1", [])
+    assert "shortlist_10k_qa_seen_teacher_rows" in model_head_types(quick, "llama")
+    assert "shortlist_10k_qa_seen_teacher_rows" not in model_head_types(quick, "gemma")
+    assert list(model_head_types(quick, "gemma"))[0] == "linear"  # the paper's heads, first for every teacher

@@ -44,12 +44,26 @@ def spellm_rows(model: str, label: str, name: str, teacher_dir: Path, spellm_dir
     return [spellm, diff], spellm_tidy + diff_tidy
 
 
+def model_head_types(cfg: DictConfig, model: str) -> dict[str, list[str]]:
+    """The head types (name -> train overrides) that are `model`'s rows in this profile: those its
+    `profiles.<profile>.head_types.<model>` names, in that order, or every head type where it names none."""
+    chosen = cfg.profiles[cfg.profile].get("head_types", {}).get(model)
+    if chosen is None:
+        return dict(cfg.head_types)
+    if unknown := [name for name in chosen if name not in cfg.head_types]:
+        raise ValueError(f"profiles.{cfg.profile}.head_types.{model}={unknown}: no such head types; use names of "
+                         f"head_types ({list(cfg.head_types)}) or add them there.")
+    return {name: cfg.head_types[name] for name in chosen}
+
+
 def in_domain_notes(cfg: DictConfig) -> list[str]:
     """One note per distillation text (data=) that holds some scored tasks' train questions with their gold
     answers, naming the head types distilled on it: those columns are in-domain for those rows."""
-    experiment = cfg.experiments[cfg.profiles[cfg.profile].models[0]]
+    models = cfg.profiles[cfg.profile].models
+    experiment = cfg.experiments[models[0]]
+    used = {name: overrides for model in models for name, overrides in model_head_types(cfg, model).items()}
     by_data: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-    for name, overrides in cfg.head_types.items():
+    for name, overrides in used.items():
         train = compose_config("train", [f"experiment={experiment}", *overrides], with_hydra=True)
         tasks = tuple(task for task in map(ANSWERED_TASKS.get, train.data.sources) if task in cfg.tasks)
         if tasks:
@@ -125,7 +139,8 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         raise ValueError(f"profile={cfg.profile} is unknown; use one of {list(cfg.profiles)}.")
     profile = cfg.profiles[cfg.profile]
     tasks = check_tasks(list(cfg.tasks))
-    row_names = [f"{model}/{head_type}" for model in profile.models for head_type in cfg.head_types]
+    rows = {model: model_head_types(cfg, model) for model in profile.models}
+    row_names = [f"{model}/{head_type}" for model in profile.models for head_type in rows[model]]
     if unknown := [name for name in cfg.only if name not in row_names]:
         raise ValueError(f"only={unknown}: name rows of this profile as model/head_type, among {row_names}.")
     scoring = Scoring(cfg, tasks, profile.limit, dict(batch_size=cfg.batch_size, score=cfg.score),
@@ -137,7 +152,7 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         teacher_settings = evaluation_settings(tasks, profile.limit, cfg.num_fewshot, cfg.score,
                                                {"model": model, "variant": "teacher"})
         teacher_dir, teacher_results = None, None
-        for head_type, overrides in cfg.head_types.items():
+        for head_type, overrides in rows[model].items():
             settings = evaluation_settings(tasks, profile.limit, cfg.num_fewshot, cfg.score,
                                            {"model": model, "variant": "spellm", "head_type": head_type,
                                             "experiment": experiment, "overrides": list(overrides)})
