@@ -36,7 +36,7 @@ help:
 	@echo "make memory-plan results/distill_memory.{md,csv}: estimated memory per GPU for each teacher (seconds)"
 	@echo "make gpu-bundle  dist/gpu-bundle: runs the GPU Table 2 on a bare GPU machine (bash dist/gpu-bundle/bench-gpu.sh OUT)"
 	@echo "make distill     distil the quick-profile SmolLM2 SpeLLM (k=16) into $(QUICK_RUN) (~10 min)"
-	@echo "make reproduce-table1  results/table1.{md,csv}: teacher vs SpeLLM on the lm-eval tasks and bits per byte, SmolLM2 and Gemma-3-270M, linear and shortlist heads (quick: ~90 min for the linear rows, ~5 h more for the shortlist ones from scratch)"
+	@echo "make reproduce-table1  results/table1.{md,csv}: teacher vs SpeLLM on the lm-eval tasks and bits per byte, SmolLM2 and Gemma-3-270M, linear and shortlist heads (quick: archived rows are read back from results/table1_evals; from scratch ~90 min for the linear rows, ~5 h more for the shortlist ones)"
 	@echo "make reproduce-table2  results/table2.{md,csv,png}: decode-step runtime, teacher vs SpeLLM (quick: ~10 min)"
 	@echo "make reproduce-table3  results/table3.{md,csv} and plots: the sweep over k and character-set size (quick: ~80 min)"
 	@echo "make reproduce-ablation  results/quality_ablation.{md,csv}: head types and their ceilings (~2.5 h)"
