@@ -194,7 +194,7 @@ def test_in_domain_notes_follow_each_head_types_data_sources():
     assert not any("paper" in note or "plays" in note or "sciq" in note for note in notes)
 
 
-def test_each_teacher_has_the_rows_its_profile_names():
+def test_each_teacher_has_the_rows_its_profile_names(tmp_path):
     """profiles.<profile>.head_types picks each model's rows (in its order); a model it does not name gets every
     head type; a name that is no head type fails before anything is distilled."""
     from spellm_exp.config import compose_config
@@ -208,6 +208,12 @@ def test_each_teacher_has_the_rows_its_profile_names():
     cfg.profiles.full.head_types = {"gemma": ["linear", "huge"]}
     with pytest.raises(ValueError, match=r"profiles.full.head_types.gemma=\['huge'\]: no such head types"):
         write_table1(cfg, "test")
+    # two teachers, nothing archived or distilled: each one's own rows are listed as left out
+    cfg.profiles.full.head_types = {"gemma": ["small", "linear"]}
+    cfg.distil_missing, cfg.paths.results_dir, cfg.paths.output_dir = False, str(tmp_path), str(tmp_path / "out")
+    write_table1(cfg, "test")
+    assert ("not in `only`): llama linear, llama big, llama small, gemma small, gemma linear."
+            in (tmp_path / "table1.md").read_text())
     # the committed quick profile: Gemma-3's rows are its BoolQ-answer lists, not SmolLM2's 8k/10k/12k sizes
     quick = compose_config("table1", [])
     assert "shortlist_10k_qa_seen_teacher_rows" in model_head_types(quick, "llama")

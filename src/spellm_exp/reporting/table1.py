@@ -139,8 +139,8 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         raise ValueError(f"profile={cfg.profile} is unknown; use one of {list(cfg.profiles)}.")
     profile = cfg.profiles[cfg.profile]
     tasks = check_tasks(list(cfg.tasks))
-    rows = {model: model_head_types(cfg, model) for model in profile.models}
-    row_names = [f"{model}/{head_type}" for model in profile.models for head_type in rows[model]]
+    rows_of = {model: model_head_types(cfg, model) for model in profile.models}
+    row_names = [f"{model}/{head_type}" for model in profile.models for head_type in rows_of[model]]
     if unknown := [name for name in cfg.only if name not in row_names]:
         raise ValueError(f"only={unknown}: name rows of this profile as model/head_type, among {row_names}.")
     scoring = Scoring(cfg, tasks, profile.limit, dict(batch_size=cfg.batch_size, score=cfg.score),
@@ -152,7 +152,7 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
         teacher_settings = evaluation_settings(tasks, profile.limit, cfg.num_fewshot, cfg.score,
                                                {"model": model, "variant": "teacher"})
         teacher_dir, teacher_results = None, None
-        for head_type, overrides in rows[model].items():
+        for head_type, overrides in rows_of[model].items():
             settings = evaluation_settings(tasks, profile.limit, cfg.num_fewshot, cfg.score,
                                            {"model": model, "variant": "spellm", "head_type": head_type,
                                             "experiment": experiment, "overrides": list(overrides)})
