@@ -47,7 +47,7 @@ def spellm_rows(model: str, label: str, name: str, teacher_dir: Path, spellm_dir
 def model_head_types(cfg: DictConfig, model: str) -> dict[str, list[str]]:
     """The head types (name -> train overrides) that are `model`'s rows in this profile: those its
     `profiles.<profile>.head_types.<model>` names, in that order, or every head type where it names none."""
-    chosen = cfg.profiles[cfg.profile].get("head_types", {}).get(model)
+    chosen = cfg.profiles[cfg.profile].head_types.get(model)
     if chosen is None:
         return dict(cfg.head_types)
     if unknown := [name for name in chosen if name not in cfg.head_types]:
