@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan gpu-bundle distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation reproduce-ablation-cached reproduce-ablation-exact-rest reproduce-ablation-rest-only reproduce-ablation-teacher-rows reproduce-ablation-qa-data reproduce-ablation-qa-lists reproduce-ablation-context results-index notebooks reproduce reproduce-sweeps reproduce-all clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan gpu-bundle distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation reproduce-ablation-cached reproduce-ablation-exact-rest reproduce-ablation-rest-only reproduce-ablation-teacher-rows reproduce-ablation-qa-data reproduce-ablation-qa-lists reproduce-ablation-context list-rank results-index notebooks reproduce reproduce-sweeps reproduce-all clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -47,6 +47,7 @@ help:
 	@echo "make reproduce-ablation-qa-lists  results/quality_ablation_qa_lists.{md,csv}: ceilings of 4k and 8k lists counted on QA text (~25 min)"
 	@echo "make reproduce-ablation-context  results/quality_ablation_context.{md,csv}: the QA-text shortlist scoring the tokens its input has seen too (~30 min after qa-data)"
 	@echo "make reproduce-ablation-rest-only  results/quality_ablation_rest_only.{md,csv}: its rest renormalised, trained alone on top of it (~1 h more)"
+	@echo "make list-rank   results/list_rank.{md,csv}: how far a factored (rank-r) list moves the best shortlists' softmax (~10 min)"
 	@echo "make notebooks   execute notebooks/*.ipynb in place on the current results/ (outputs saved)"
 	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile: teachers, coverage, distil, Tables 1-2, index, notebooks (~2 h; ~7 h with Table 1's shortlist rows from scratch)"
 	@echo "make reproduce-sweeps  Table 3's sweep over k and character-set size, then the index and notebooks (~80 min)"
@@ -140,6 +141,10 @@ reproduce-ablation-context: setup
 
 reproduce-ablation-rest-only: reproduce-ablation-exact-rest
 	$(PY) -m spellm_exp.ablation --config-name ablation_rest_only
+
+# reads Table 1's best shortlist runs (make reproduce-table1 distils them)
+list-rank: setup
+	$(PY) -m spellm_exp.list_rank
 
 # Table 2 times the distilled quick SpeLLM, so it runs after `distill`; the notebooks show what all wrote.
 # Table 3's sweep (~80 min) is its own target: reproduce-sweeps, or reproduce-all for everything.

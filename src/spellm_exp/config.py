@@ -68,6 +68,11 @@ class HeadsConfig:
     # shortlist: also score exactly, by the teacher's unembedding rows, the tokens each position's input has held so
     # far (spellable, outside the list): repeated rare tokens (names, copied terms) leave the rest (core/context.py)
     context_tokens: bool = False
+    # shortlist: 0, every list row a full d-vector; r > 0, the rows after the first `exact_rows` (the most frequent
+    # tokens) are one rank-r product (tail_out [L - exact_rows, r] x tail_in [r, d]): fewer weights read per decode
+    # step (results/list_rank.md measures what a rank costs)
+    tail_rank: int = 0
+    exact_rows: int = 0
 
 
 # --- teachers ----------------------------------------------------------------------------------
@@ -397,6 +402,25 @@ class AblationJob(_Command):
 
 
 @dataclass
+class ListRankModel:
+    checkpoint: str = ""  # a heads=shortlist training run folder (or its spellm/ folder)
+    data: DataConfig = field(default_factory=DataConfig)  # the text its hidden states come from (its distillation data)
+
+
+@dataclass
+class ListRankJob(_Command):
+    """conf/list_rank.yaml: the ceiling of a rank-r shortlist list (experiments/list_rank.py)."""
+
+    models: dict[str, ListRankModel] = field(default_factory=dict)
+    ranks: list[int] = field(default_factory=list)
+    fit_blocks: int = 64  # the last training blocks, whose hidden states fit the factors
+    refine_steps: int = 100
+    refine_batch: int = 512
+    refine_lr: float = 1.0e-3
+    out_name: str = "list_rank"
+
+
+@dataclass
 class GpuBundleJob(_Command):
     """conf/gpu_bundle.yaml: the folder that runs the GPU Table 2 on a bare GPU machine."""
 
@@ -407,7 +431,7 @@ class GpuBundleJob(_Command):
 COMMAND_SCHEMAS = {"train": TrainJob, "bench": BenchJob, "eval": EvalJob, "describe": DescribeJob,
                    "coverage": CoverageJob, "memory_plan": MemoryPlanJob, "bench_distill": BenchDistillJob,
                    "table1": Table1Job, "table2": Table2Job, "table3": Table3Job, "ablation": AblationJob,
-                   "gpu_bundle": GpuBundleJob}
+                   "gpu_bundle": GpuBundleJob, "list_rank": ListRankJob}
 
 
 def register_configs() -> None:

@@ -178,7 +178,7 @@ def test_evaluate_bad_input_fails_with_the_fix(overrides, message, tmp_path):
 HYDRA_COMMANDS = {"train": "k", "sweep": "sweep", "evaluate": "variant", "bench": "batch_sizes",
                   "bench_distill": "ks", "memory_plan": "architectures", "coverage": "tokenizers",
                   "describe": "prompt", "table1": "profiles", "table2": "entries", "table3": "sweep_dir",
-                  "ablation": "variants", "gpu_bundle": "out_dir"}
+                  "ablation": "variants", "gpu_bundle": "out_dir", "list_rank": "ranks"}
 
 
 @pytest.mark.parametrize("command", sorted(HYDRA_COMMANDS))

@@ -19,7 +19,8 @@ HEADS = {"linear": ["heads=linear"], "mlp": ["heads=mlp", "heads.trunk_multiple=
          "shortlist": ["heads=shortlist", "heads.shortlist=64"],
          "shortlist,rest_outside": ["heads=shortlist", "heads.shortlist=64", "heads.rest_outside=0.01"],
          "shortlist,exact_rest": ["heads=shortlist", "heads.shortlist=64", "loss.exact_rest=true"],
-         "shortlist,context_tokens": ["heads=shortlist", "heads.shortlist=64", "heads.context_tokens=true"]}
+         "shortlist,context_tokens": ["heads=shortlist", "heads.shortlist=64", "heads.context_tokens=true"],
+         "shortlist,tail": ["heads=shortlist", "heads.shortlist=64", "heads.tail_rank=8", "heads.exact_rows=16"]}
 
 
 SHORT_RUN = ("model=tiny_llama", "k=4", "trainer.max_steps=12", "trainer.val_check_interval=12",
@@ -36,6 +37,8 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     renormalised = variant == "rest_outside"
     assert summary["heads"]["kind"] == kind and (summary["heads"].get("rest_outside") == 0.01) == renormalised
     assert summary["heads"].get("context_tokens", False) == (variant == "context_tokens")
+    assert (summary["heads"].get("tail_rank"), summary["heads"].get("exact_rows")) == \
+        ((8, 16) if variant == "tail" else (None, None))
     assert summary["heads"]["loss_objective"] == ("marginal" if kind in ("linear", "mlp") else "token")
     assert summary["heads"]["kind"] != "shortlist" or summary["heads"]["shortlist"] == 64
     losses = pd.read_csv(tmp_path / "csv" / "metrics.csv")["train/loss"].dropna().to_numpy()
@@ -47,6 +50,8 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     assert meta["heads"]["kind"] == kind
     loaded = SpeLLM.load(tmp_path / "spellm", cache_dir=cache_dir)
     assert loaded.heads.kind is HeadKind(kind)
+    if variant == "tail":  # the first 16 rows stay exact; the other 48 are a trained rank-8 product
+        assert loaded.heads.weight.shape == (16, 64) and loaded.heads.tail_out.shape == (48, 8)
     if kind != "linear":
         assert summary["val"]["val/token_kl" if kind in ("mixture", "autoregressive", "shortlist") else "val/kl"] > 0
     # the ceiling's token KL on the same validation positions: for factorised heads the product of the teacher's
@@ -63,6 +68,10 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
 @pytest.mark.parametrize("overrides,message", [
     (["heads=mixture", "loss.objective=marginal"], r"loss.objective=marginal fits only heads that factorise"),
     (["heads=mixture", "heads.components=0"], r"heads.components=0 must be >= 1"),
+    (["heads=shortlist", "heads.exact_rows=4"], r"heads.exact_rows=4 is read with heads.tail_rank > 0 only"),
+    (["heads=shortlist", "heads.shortlist=64", "heads.tail_rank=8", "heads.exact_rows=64"],
+     r"heads.exact_rows=64: use 0..63"),
+    (["heads=linear", "heads.tail_rank=8"], r"heads.tail_rank and heads.exact_rows factor a shortlist's rows"),
     (["heads=autoregressive", "loss.top_k=0"], r"loss.top_k=0 must be >= 1"),
     (["heads=autoregressive", "loss.temperature=2"], r"loss.temperature=2.0: heads=autoregressive has no"),
     (["heads=shortlist", "heads.rest=mixture"], r"heads.rest=mixture: the shortlist's rest is spelled by linear, mlp, autoregressive heads"),

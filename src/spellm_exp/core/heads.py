@@ -31,6 +31,7 @@ from torch import nn
 from spellm_exp.config import HeadKind, HeadsConfig
 from spellm_exp.core.charset import EOS, PAD, SpellingTable
 from spellm_exp.core.context import TokenContext
+from spellm_exp.core.low_rank import data_aware, truncated
 from spellm_exp.core.vocab_lookup import hash_powers, string_keys
 
 
@@ -591,16 +592,25 @@ class ShortlistHeads(OutputHeads):
 
     def __init__(self, k: int, n_symbols: int, hidden_size: int, shortlist: int = 4096,
                  rest: HeadKind | str = HeadKind.linear, decoder_size: int = 128, trunk_multiple: int = 4,
-                 rest_outside: float = 1.0, context_tokens: bool = False, dtype: torch.dtype = torch.float32):
+                 rest_outside: float = 1.0, context_tokens: bool = False, tail_rank: int = 0, exact_rows: int = 0,
+                 dtype: torch.dtype = torch.float32):
         super().__init__(k, n_symbols, hidden_size)
         if shortlist < 1:
             raise ValueError(f"heads.shortlist={shortlist}: a shortlist needs at least one token.")
         self.size, self.rest = shortlist, check_rest(rest)
         self.rest_outside = check_rest_outside(rest_outside, self.rest)
         self.context_tokens = bool(context_tokens)  # the seen tokens' exact logits too (core.context)
-        self.weight = nn.Parameter(torch.empty(shortlist, hidden_size, dtype=dtype))
+        self.tail_rank, self.exact_rows = check_tail(tail_rank, exact_rows, shortlist, hidden_size)
+        # the list's rows: `weight` holds the exact ones (all L unless heads.tail_rank), tail_out @ tail_in the rest
+        self.weight = nn.Parameter(torch.empty(self.exact_rows if self.tail_rank else shortlist, hidden_size,
+                                               dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(shortlist, dtype=dtype))
         nn.init.normal_(self.weight, std=hidden_size**-0.5)
+        if self.tail_rank:
+            self.tail_in = nn.Parameter(torch.empty(self.tail_rank, hidden_size, dtype=dtype))
+            self.tail_out = nn.Parameter(torch.empty(shortlist - self.exact_rows, self.tail_rank, dtype=dtype))
+            nn.init.normal_(self.tail_in, std=hidden_size**-0.5)
+            nn.init.normal_(self.tail_out, std=self.tail_rank**-0.5)
         self.gate = nn.Linear(hidden_size, 1, dtype=dtype)
         self.linear = LinearHeads(k, n_symbols, hidden_size, dtype)
         if self.rest is HeadKind.autoregressive:
@@ -617,7 +627,8 @@ class ShortlistHeads(OutputHeads):
         self._index_key, self._index, self._rest_key, self._rest_index = None, None, None, None
 
     def settings(self) -> HeadsConfig:
-        common = dict(kind=self.kind, shortlist=self.size, context_tokens=self.context_tokens)
+        common = dict(kind=self.kind, shortlist=self.size, context_tokens=self.context_tokens,
+                      tail_rank=self.tail_rank, exact_rows=self.exact_rows)
         if self.rest is HeadKind.autoregressive:
             return HeadsConfig(**common, rest=self.rest, decoder_size=self.context.out_features)
         if self.rest is HeadKind.mlp:
@@ -709,7 +720,7 @@ class ShortlistHeads(OutputHeads):
         if self.context_tokens and context is None:
             raise ValueError("heads.context_tokens=true scores the tokens each position has seen: call the heads with "
                              "their TokenContext (SpeLLM.token_context(ids)).")
-        scores = [F.linear(hidden, self.weight, self.bias).float(), self.gate(hidden).float()]
+        scores = [self.list_logits(hidden).float(), self.gate(hidden).float()]
         if self.context_tokens:
             scores.insert(1, context.logits(hidden))
         log_weights = F.log_softmax(torch.cat(scores, dim=-1), dim=-1)
@@ -723,6 +734,35 @@ class ShortlistHeads(OutputHeads):
         log_weights = torch.cat([log_weights[:, : self.size], log_weights[:, -1:]], dim=-1)
         return Shortlist(self, log_weights, rest, self.context_weights(context, seen))
 
+    def list_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., L]: the list's logits (a factored tail: two small products instead of its rows')."""
+        if not self.tail_rank:
+            return F.linear(hidden, self.weight, self.bias)
+        tail = F.linear(F.linear(hidden, self.tail_in), self.tail_out)
+        return torch.cat([F.linear(hidden, self.weight), tail], dim=-1) + self.bias
+
+    def list_rows(self) -> torch.Tensor:
+        """[L, d]: the list's rows as one matrix (a factored tail multiplied out)."""
+        if not self.tail_rank:
+            return self.weight
+        return torch.cat([self.weight, self.tail_out @ self.tail_in])
+
+    @torch.no_grad()
+    def fit_rows(self, unembedding: torch.Tensor, second_moment: torch.Tensor | None = None) -> None:
+        """The list's rows := the teacher's unembedding rows of its tokens (exact logits); a factored tail := the
+        best rank-r product of its rows: for the logits of hidden states with E[h h^T] = second_moment when given
+        (core.low_rank.data_aware), else in Frobenius norm."""
+        rows = unembedding[self.token_ids.to(unembedding.device)].float()
+        if not self.tail_rank:
+            self.weight.copy_(rows.to(self.weight.dtype))
+            return
+        self.weight.copy_(rows[: self.exact_rows].to(self.weight.dtype))
+        tail = rows[self.exact_rows:]
+        out, into = (truncated(tail, self.tail_rank) if second_moment is None else
+                     data_aware(tail, second_moment.to(tail.device).float(), self.tail_rank))
+        self.tail_out.copy_(out.to(self.tail_out.dtype))
+        self.tail_in.copy_(into.to(self.tail_in.dtype))
+
     def context_weights(self, context: TokenContext, log_weights: torch.Tensor) -> ContextWeights:
         return ContextWeights(context, string_keys(context.strings, self.powers), log_weights)
 
@@ -735,8 +775,7 @@ class ShortlistHeads(OutputHeads):
     def init_from_unembedding(self, unembedding: torch.Tensor, spelling: SpellingTable) -> None:
         """Shortlist rows := the teacher's unembedding rows of its tokens (exact logits); the rest heads as the
         linear heads; the gate := log(#rest) + the mean rest row (Jensen's lower bound on the rest's logsumexp)."""
-        ids = self.token_ids.to(unembedding.device)
-        self.weight.copy_(unembedding[ids].to(self.weight.dtype))
+        self.fit_rows(unembedding)
         self.bias.zero_()
         self.linear.init_from_unembedding(unembedding, spelling)
         rest = spelling.spellable.clone()
@@ -747,7 +786,11 @@ class ShortlistHeads(OutputHeads):
 
     def decode_flops(self) -> int:
         extra = {HeadKind.autoregressive: character_decoder_flops, HeadKind.mlp: trunk_flops}.get(self.rest)
-        return 2 * (self.size + 1) * self.hidden_size + self.linear.decode_flops() + (extra(self) if extra else 0)
+        rows = 2 * (self.size + 1) * self.hidden_size
+        if self.tail_rank:
+            rows = 2 * ((self.exact_rows + 1) * self.hidden_size + self.tail_rank * (self.hidden_size + self.size -
+                                                                                    self.exact_rows))
+        return rows + self.linear.decode_flops() + (extra(self) if extra else 0)
 
 
 FACTORISED_KINDS = frozenset({HeadKind.linear, HeadKind.mlp})  # distributions that are products over positions
@@ -763,6 +806,23 @@ def check_rest_outside(rest_outside: float, rest: HeadKind) -> float:
         raise ValueError(f"heads.rest_outside={rest_outside} needs a rest that is a product (heads.rest=linear or "
                          f"mlp), not heads.rest={rest.value}.")
     return float(rest_outside)
+
+
+def check_tail(tail_rank: int, exact_rows: int, shortlist: int, hidden_size: int | None) -> tuple[int, int]:
+    """(heads.tail_rank, heads.exact_rows), checked: a factored tail of 1..d-1 columns (d = hidden_size, when known)
+    and at least one row."""
+    if tail_rank == 0:
+        if exact_rows:
+            raise ValueError(f"heads.exact_rows={exact_rows} is read with heads.tail_rank > 0 only; set both or "
+                             "neither.")
+        return 0, 0
+    if tail_rank < 0 or (hidden_size is not None and tail_rank >= hidden_size):
+        raise ValueError(f"heads.tail_rank={tail_rank}: use a rank below the model's width d"
+                         f"{'' if hidden_size is None else f'={hidden_size}'}, or 0 for a list of full rows.")
+    if not 0 <= exact_rows < shortlist:
+        raise ValueError(f"heads.exact_rows={exact_rows}: use 0..{shortlist - 1} (fewer than heads.shortlist="
+                         f"{shortlist}: the rows after them are the factored tail).")
+    return tail_rank, exact_rows
 
 
 def check_rest(rest: HeadKind | str) -> HeadKind:
@@ -799,6 +859,8 @@ def settings_dict(settings: HeadsConfig) -> dict:
         data["rest_outside"] = settings.rest_outside
     if kind is HeadKind.shortlist and settings.context_tokens:  # likewise
         data["context_tokens"] = True
+    if kind is HeadKind.shortlist and settings.tail_rank:  # likewise
+        data.update(tail_rank=settings.tail_rank, exact_rows=settings.exact_rows)
     return data
 
 
@@ -811,4 +873,5 @@ def heads_label(settings: HeadsConfig | dict) -> str:
     rest = HeadKind(data.get("rest", "linear"))
     label += f"+{rest.value}-{data[SIZE_FIELD[rest]]}" if rest is not HeadKind.linear else ""
     label += f",rest_outside={data['rest_outside']:g}" if "rest_outside" in data else ""
+    label += f",tail {data['exact_rows']}+rank-{data['tail_rank']}" if data.get("tail_rank") else ""
     return label + ("+context" if data.get("context_tokens") else "")

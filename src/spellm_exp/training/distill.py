@@ -43,6 +43,7 @@ from spellm_exp.core.heads import (
     build_heads,
     check_rest,
     check_rest_outside,
+    check_tail,
     settings_dict,
 )
 from spellm_exp.core.losses import resolve_objective, token_samples
@@ -106,8 +107,12 @@ def check_heads_config(heads: HeadsConfig, loss: LossConfig, objective: str) -> 
     if heads.kind is HeadKind.shortlist:
         try:
             check_rest_outside(heads.rest_outside, check_rest(heads.rest))
+            check_tail(heads.tail_rank, heads.exact_rows, heads.shortlist, hidden_size=None)  # d: when it loads
         except ValueError as err:
             raise ConfigError(str(err)) from err
+    elif heads.tail_rank or heads.exact_rows:
+        raise ConfigError(f"heads.tail_rank and heads.exact_rows factor a shortlist's rows: they need heads=shortlist "
+                          f"(here heads={heads.kind.value}); drop them.")
     rest_field = SIZE_FIELD.get(heads.rest) if heads.kind is HeadKind.shortlist else None
     if rest_field is not None and getattr(heads, rest_field) < 1:
         raise ConfigError(f"heads.{rest_field}={getattr(heads, rest_field)} must be >= 1.")
@@ -186,9 +191,13 @@ def distil(cfg: DictConfig, run_dir: Path) -> dict:
                               counts, charset.escape)
     spellm = SpeLLM.build(teacher, alphabet, cfg.k, init=cfg.heads_init, seed=cfg.seed,
                           heads=typed(HeadsConfig, cfg.heads), counts=counts)
+    copied = []
     if cfg.train.init_from:
         copied = spellm.init_heads_from(checkpoint_folder(cfg.train.init_from))
         log.info("heads: %d tensors start from %s: %s", len(copied), cfg.train.init_from, ", ".join(copied))
+    if getattr(spellm.heads, "tail_rank", 0) and "tail_in" not in copied and HeadInit(cfg.heads_init) is \
+            HeadInit.unembedding_mean:
+        fit_tail_to_hidden_states(spellm, datamodule)
     coverage = spellm.spelling.coverage(counts[: spellm.spelling.vocab_size])
     log.info("alphabet: %s, |Sigma|=%d, k=%d; coverage %s", alphabet.kind.value, alphabet.size, cfg.k, coverage)
 
@@ -225,6 +234,21 @@ def distil(cfg: DictConfig, run_dir: Path) -> dict:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         log.info("wrote %s", run_dir / "summary.json")
     return summary
+
+
+TAIL_FIT_BLOCKS = 32  # ~4k positions: E[h h^T] of a d <= 1k model is well estimated
+
+
+@torch.no_grad()
+def fit_tail_to_hidden_states(spellm: SpeLLM, datamodule: DistillDataModule) -> None:
+    """A factored list tail (heads.tail_rank) := the best rank-r product of its teacher rows for the logits of the
+    frozen backbone's hidden states on the first training blocks (core.low_rank.data_aware): a plain SVD keeps
+    little of what those logits depend on (results/list_rank.md)."""
+    blocks = datamodule.train_blocks[:TAIL_FIT_BLOCKS].to(spellm.spellable.device)
+    hidden = torch.cat([spellm.backbone(blocks[i: i + datamodule.cfg.batch_size])[0].flatten(0, 1).float()
+                        for i in range(0, len(blocks), datamodule.cfg.batch_size)])
+    spellm.heads.fit_rows(spellm.causal_lm.get_output_embeddings().weight.detach(), hidden.T @ hidden / len(hidden))
+    log.info("heads: the list's tail (rank %d) fitted to %d hidden states", spellm.heads.tail_rank, len(hidden))
 
 
 def feature_store(cfg: DictConfig, teacher, datamodule: DistillDataModule) -> FeatureStore:
