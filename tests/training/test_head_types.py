@@ -72,6 +72,9 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     (["heads=shortlist", "heads.shortlist=64", "heads.tail_rank=8", "heads.exact_rows=64"],
      r"heads.exact_rows=64: use 0..63"),
     (["heads=linear", "heads.tail_rank=8"], r"heads.tail_rank and heads.exact_rows factor a shortlist's rows"),
+    (["heads=shortlist", "heads.tail_rank=64", "heads.exact_rows=8", "train.freeze_heads=[weight,tail]"],
+     r"train.freeze_heads: shortlist-4096,tail 8\+rank-64 heads have no part 'tail'; theirs: bias, gate, linear, "
+     r"tail_in, tail_out, weight"),
     (["heads=autoregressive", "loss.top_k=0"], r"loss.top_k=0 must be >= 1"),
     (["heads=autoregressive", "loss.temperature=2"], r"loss.temperature=2.0: heads=autoregressive has no"),
     (["heads=shortlist", "heads.rest=mixture"], r"heads.rest=mixture: the shortlist's rest is spelled by linear, mlp, autoregressive heads"),

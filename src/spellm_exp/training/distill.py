@@ -92,7 +92,7 @@ def check_train_config(cfg: DictConfig) -> None:
                           f"(no {META_FILE} in it or in its spellm/ subfolder).")
     for name in train.freeze_heads:  # the parts of a head type do not depend on its sizes: probe a tiny one
         try:
-            build_heads(heads, 2, 4, 4).part(name)
+            build_heads(heads, 2, 4, max(4, heads.tail_rank + 1)).part(name)  # wide enough for a factored tail
         except ValueError as err:
             raise ConfigError(f"train.freeze_heads: {err}") from err
     if train.cache_targets and not train.cache_features:
