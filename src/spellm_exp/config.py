@@ -412,6 +412,7 @@ class ListRankJob(_Command):
     """conf/list_rank.yaml: the ceiling of a rank-r shortlist list (experiments/list_rank.py)."""
 
     models: dict[str, ListRankModel] = field(default_factory=dict)
+    exact_rows: list[int] = field(default_factory=lambda: [0])  # rows kept exact before the factored tail
     ranks: list[int] = field(default_factory=list)
     fit_blocks: int = 64  # the last training blocks, whose hidden states fit the factors
     refine_steps: int = 100

@@ -172,13 +172,14 @@ def test_compiled_backend_gives_the_eager_tokens(name, tiny_teacher):
     assert decode(spellm, PROMPTS, mode="free", max_new_tokens=10).stats.non_vocab_share > 0.3  # the hard case ran
 
 
-@pytest.mark.parametrize("rest_outside", [1.0, 0.01])
-def test_a_shortlist_spellm_decodes_the_same_in_both_backends(tiny_teacher, rest_outside):
+@pytest.mark.parametrize("rest_outside,tail_rank", [(1.0, 0), (0.01, 0), (1.0, 8)])
+def test_a_shortlist_spellm_decodes_the_same_in_both_backends(tiny_teacher, rest_outside, tail_rank):
     """The shortlist type's greedy (hash lookup of its strings, the best of two candidates, or three with the rest
-    renormalised over its vocabulary strings) compiles too."""
+    renormalised over its vocabulary strings) compiles too, with a factored list tail as well."""
     torch.manual_seed(0)
     spellm = SpeLLM.build(tiny_teacher("tiny_llama"), LETTERS, k=6, heads=HeadsConfig(
-        kind=HeadKind.shortlist, shortlist=64, rest_outside=rest_outside))
+        kind=HeadKind.shortlist, shortlist=64, rest_outside=rest_outside, tail_rank=tail_rank,
+        exact_rows=16 if tail_rank else 0))
     with torch.no_grad():
         spellm.heads.linear.weight.normal_(std=0.05)
     eager = decode(spellm, PROMPTS, mode="free", max_new_tokens=10)

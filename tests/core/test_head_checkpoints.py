@@ -16,7 +16,8 @@ SETTINGS = {HeadKind.linear: HeadsConfig(), HeadKind.mlp: HeadsConfig(kind=HeadK
             HeadKind.shortlist: HeadsConfig(kind=HeadKind.shortlist, shortlist=64),
             "shortlist+autoregressive": HeadsConfig(kind=HeadKind.shortlist, shortlist=64, rest=HeadKind.autoregressive,
                                                     decoder_size=8),
-            "shortlist+mlp": HeadsConfig(kind=HeadKind.shortlist, shortlist=64, rest=HeadKind.mlp, trunk_multiple=1)}
+            "shortlist+mlp": HeadsConfig(kind=HeadKind.shortlist, shortlist=64, rest=HeadKind.mlp, trunk_multiple=1),
+            "shortlist,tail": HeadsConfig(kind=HeadKind.shortlist, shortlist=64, tail_rank=8, exact_rows=16)}
 
 
 def _spellm(tiny_teacher, kind):

@@ -92,6 +92,8 @@ SETTINGS["shortlist+mlp,rest_outside"] = HeadsConfig(kind=HeadKind.shortlist, sh
 SETTINGS["shortlist+context"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, context_tokens=True)
 SETTINGS["shortlist+context,rest_outside"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, context_tokens=True,
                                                          rest_outside=0.1)
+# the list's last 3 rows one rank-2 product (heads.tail_rank, heads.exact_rows)
+SETTINGS["shortlist,tail"] = HeadsConfig(kind=HeadKind.shortlist, shortlist=5, tail_rank=2, exact_rows=2)
 TINY_VOCABULARY = ALL_STRINGS[::5]  # 13 "vocabulary" strings, one of them a shortlist placeholder
 
 
@@ -269,6 +271,30 @@ def test_parameter_counts_and_flops_by_hand():
     assert counts[HeadKind.shortlist].decode_flops() == 2 * 8 * d + 2 * k * sigma * d
     assert counts[HeadKind.mixture].decode_flops() == 2 * 3 * (k * sigma + 1) * d
     assert settings_dict(counts[HeadKind.mixture].settings()) == {"kind": "mixture", "components": 3}
+    tail = build_heads(HeadsConfig(kind=HeadKind.shortlist, shortlist=7, tail_rank=3, exact_rows=2), k, sigma, d)
+    assert tail.num_parameters() == linear + 2 * d + (3 * d + 5 * 3) + 7 + (d + 1)  # exact rows, factors, biases, gate
+    assert tail.decode_flops() == 2 * (3 * d + 3 * (d + 5)) + 2 * k * sigma * d
+    assert settings_dict(tail.settings()) == {"kind": "shortlist", "shortlist": 7, "tail_rank": 3, "exact_rows": 2}
+    assert heads_label(tail.settings()) == "shortlist-7,tail 2+rank-3"
+
+
+def test_a_factored_tail_keeps_the_first_rows_exact_and_fits_the_rest_for_the_hidden_states():
+    torch.manual_seed(0)
+    unembedding, hidden = torch.randn(20, 6), torch.randn(200, 6) * torch.tensor([5.0, 3, 1, 0.3, 0.1, 0.05])
+    heads = build_heads(HeadsConfig(kind=HeadKind.shortlist, shortlist=8, tail_rank=2, exact_rows=3), 2, 4, 6)
+    heads.token_ids.copy_(torch.tensor([4, 0, 9, 1, 2, 3, 5, 6]))
+    heads.fit_rows(unembedding)  # no hidden states: the best rank-2 tail in Frobenius norm
+    rows = heads.list_rows()
+    assert torch.equal(rows[:3], unembedding[[4, 0, 9]])
+    assert torch.linalg.matrix_rank(rows[3:]) == 2
+    plain_error = ((hidden @ (rows - unembedding[heads.token_ids]).T) ** 2).mean()
+    heads.fit_rows(unembedding, hidden.T @ hidden / len(hidden))  # the best rank-2 tail for these hidden states' logits
+    data_error = ((hidden @ (heads.list_rows() - unembedding[heads.token_ids]).T) ** 2).mean()
+    assert torch.equal(heads.list_rows()[:3], unembedding[[4, 0, 9]]) and data_error < plain_error
+    logits = heads.list_logits(hidden[:5])
+    torch.testing.assert_close(logits, hidden[:5] @ heads.list_rows().T + heads.bias)
+    with pytest.raises(ValueError, match=r"heads.tail_rank=6: use a rank below the model's width d=6"):
+        build_heads(HeadsConfig(kind=HeadKind.shortlist, shortlist=8, tail_rank=6, exact_rows=3), 2, 4, 6)
 
 
 def _shortlist_table():

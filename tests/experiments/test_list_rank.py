@@ -9,7 +9,7 @@ from spellm_exp.config import HeadsConfig, HeadKind, compose_config
 from spellm_exp.core.charset import Alphabet
 from spellm_exp.core.spellm import SpeLLM
 from spellm_exp.core.low_rank import data_aware, truncated
-from spellm_exp.experiments.list_rank import ListScores, divergence, kl_refined, rank_rows
+from spellm_exp.experiments.list_rank import ListScores, divergence, kl_refined, rank_rows, with_tail
 from spellm_exp.reporting.list_rank import write_list_rank_table
 
 
@@ -57,22 +57,38 @@ def test_refining_on_the_kl_lowers_the_kl_it_is_fitted_on():
     scores, hidden = _scores(), _anisotropic_hidden(300, 12)
     target = scores.log_weights(hidden)
     start = data_aware(scores.weight, hidden.T @ hidden / hidden.shape[0], 3)
-    refined = kl_refined(scores, start, hidden, target, steps=60, batch=300, lr=1e-2)
+    refined = kl_refined(scores, 0, start, hidden, target, steps=60, batch=300, lr=1e-2)
     before = divergence(scores, start[0] @ start[1], hidden, target)["kl_mean"]
     after = divergence(scores, refined[0] @ refined[1], hidden, target)["kl_mean"]
     assert after < before
 
 
-def test_rank_rows_has_one_row_per_rank_and_fit_and_rejects_a_rank_above_d():
+def test_keeping_the_first_rows_exact_factors_only_the_tail():
+    scores, hidden = _scores(), _anisotropic_hidden(300, 12)
+    tail = truncated(scores.weight[30:], 2)
+    rows = with_tail(scores, 30, tail)
+    assert torch.equal(rows[:30], scores.weight[:30]) and torch.allclose(rows[30:], tail[0] @ tail[1])
+    # the same rank costs less when it replaces 10 rows instead of 40
+    reference = scores.log_weights(hidden)
+    whole = divergence(scores, with_tail(scores, 0, truncated(scores.weight, 2)), hidden, reference)["kl_mean"]
+    assert divergence(scores, rows, hidden, reference)["kl_mean"] < whole
+
+
+def test_rank_rows_has_one_row_per_tail_rank_and_fit_and_rejects_bad_sizes():
     scores = _scores()
-    rows = rank_rows(scores, _anisotropic_hidden(200, 12), _anisotropic_hidden(100, 12, seed=5), [3, 12],
+    rows = rank_rows(scores, _anisotropic_hidden(200, 12), _anisotropic_hidden(100, 12, seed=5), [0, 30], [3, 12],
                      refine_steps=5, refine_batch=50, refine_lr=1e-3)
-    assert [(row["rank"], row["fit"]) for row in rows] == [(r, f) for r in (3, 12) for f in ("svd", "data", "kl")]
-    assert rows[-1]["list_bytes_ratio"] == pytest.approx((40 * 12 + 12 * 12) / (40 * 12))
+    assert [(row["exact_rows"], row["rank"], row["fit"]) for row in rows] == [
+        (e, r, f) for e in (0, 30) for r in (3, 12) for f in ("svd", "data", "kl")]
+    assert rows[5]["list_bytes_ratio"] == pytest.approx((40 * 12 + 12 * 12) / (40 * 12))
+    assert rows[6]["list_bytes_ratio"] == pytest.approx((30 * 12 + 10 * 3 + 3 * 12) / (40 * 12))
     assert all(row["kl_mean"] < 1e-5 for row in rows if row["rank"] == 12 and row["fit"] != "kl")
-    assert all(row["kl_mean"] > 1e-3 for row in rows if row["rank"] == 3)
+    assert all(row["kl_mean"] > 1e-4 for row in rows if row["rank"] == 3)
+    hidden = _anisotropic_hidden(50, 12)
     with pytest.raises(ValueError, match=r"ranks: 13 is not in 1..12"):
-        rank_rows(scores, _anisotropic_hidden(50, 12), _anisotropic_hidden(50, 12), [13], 1, 10, 1e-3)
+        rank_rows(scores, hidden, hidden, [0], [13], 1, 10, 1e-3)
+    with pytest.raises(ValueError, match=r"exact_rows: 40 is not in 0..39"):
+        rank_rows(scores, hidden, hidden, [40], [2], 1, 10, 1e-3)
 
 
 def _tiny_spellm(tiny_teacher, kind: HeadKind) -> SpeLLM:
@@ -88,11 +104,13 @@ def test_the_command_writes_the_table_for_a_shortlist_checkpoint(tiny_teacher, c
                                        "~models.gemma", f"models.smollm2.checkpoint={tmp_path / 'run'}",
                                        "models.smollm2.data.max_chars_per_source=20000",
                                        "models.smollm2.data.block_size=16", "models.smollm2.data.val_blocks=4",
-                                       "fit_blocks=8", "ranks=[8,64]", "refine_steps=3", "refine_batch=32"])
+                                       "fit_blocks=8", "exact_rows=[0,16]", "ranks=[8,64]", "refine_steps=3",
+                                       "refine_batch=32"])
     paths = write_list_rank_table(cfg, "python -m spellm_exp.list_rank")
     frame = pd.read_csv(tmp_path / "results" / "list_rank.csv")
     assert [p.name for p in paths] == ["list_rank.csv", "list_rank.md", "list_rank.provenance.json"]
-    assert list(frame["rank"]) == [8] * 3 + [64] * 3 and set(frame["fit_positions"]) == {8 * 16}
+    assert list(frame["exact_rows"]) == [0] * 6 + [16] * 6 and list(frame["rank"]) == ([8] * 3 + [64] * 3) * 2
+    assert set(frame["fit_positions"]) == {8 * 16}
     assert set(frame["test_positions"]) == {4 * 16} and set(frame["list"]) == {64} and set(frame["d"]) == {64}
     full = frame[(frame["rank"] == 64) & (frame["fit"] != "kl")]
     assert (full["kl_mean"] < 1e-4).all() and (full["top1_agreement"] == 1.0).all()

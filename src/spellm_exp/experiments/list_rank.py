@@ -3,9 +3,11 @@
 
 A shortlist head reads its L x d list every decode step; a factored list W ~ A B (A [L, r], B [r, d]) reads
 L*r + r*d weights instead, the one way left to cut the batch-1 step at equal L (README, "The batch-1 step").
-For a distilled shortlist checkpoint and its teacher's hidden states on held-out text, each rank r is fitted
-three ways, each better than the one before on what it optimises:
-- `svd`: the best rank-r W in Frobenius norm (truncated SVD of W);
+A list may also keep its first rows (its most frequent tokens, most of its mass) exact and factor only the rest
+(heads.tail_rank, heads.exact_rows). For a distilled shortlist checkpoint and its teacher's hidden states on held-out
+text, each number of exact rows and rank r of the tail is fitted three ways, each better than the one before on
+what it optimises:
+- `svd`: the best rank-r tail in Frobenius norm (truncated SVD of its rows);
 - `data`: the best rank-r list in the logits' mean squared error over the fit positions' hidden states h
   (truncated SVD of W S^(1/2), S = E[h h^T], mapped back by S^(-1/2));
 - `kl`: `data` refined by Adam on KL(full || rank r) over the fit positions (the objective distillation has).
@@ -53,16 +55,22 @@ class ListScores:
                                        dim=-1), dim=-1)
 
 
-def kl_refined(scores: ListScores, factors: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor,
+def with_tail(scores: ListScores, exact_rows: int, factors: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """[L, d]: the list's first `exact_rows` rows as they are, the rest the product of `factors`."""
+    return torch.cat([scores.weight[:exact_rows], factors[0] @ factors[1]])
+
+
+def kl_refined(scores: ListScores, exact_rows: int, factors: tuple[torch.Tensor, torch.Tensor], hidden: torch.Tensor,
                target: torch.Tensor, steps: int, batch: int, lr: float, seed: int = 0
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """factors after `steps` Adam steps on the mean KL(target || A B) of random batches of fit positions."""
+    """The tail's factors after `steps` Adam steps on the mean KL(target || list with that tail) of random batches
+    of fit positions."""
     a, b = (factor.clone().requires_grad_(True) for factor in factors)
     optimiser = torch.optim.Adam([a, b], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         rows = torch.randint(hidden.shape[0], (batch,), generator=generator)
-        log_q = scores.log_weights(hidden[rows], a @ b)
+        log_q = scores.log_weights(hidden[rows], with_tail(scores, exact_rows, (a, b)))
         loss = F.kl_div(log_q, target[rows], log_target=True, reduction="batchmean")
         optimiser.zero_grad()
         loss.backward()
@@ -93,23 +101,28 @@ def hidden_states(spellm: SpeLLM, blocks: torch.Tensor, batch_size: int) -> torc
 FITS = ("svd", "data", "kl")
 
 
-def rank_rows(scores: ListScores, fit_hidden: torch.Tensor, test_hidden: torch.Tensor, ranks: list[int],
-              refine_steps: int, refine_batch: int, refine_lr: float) -> list[dict]:
-    """One row per rank and fit (FITS) of the ceiling the module docstring describes."""
+def rank_rows(scores: ListScores, fit_hidden: torch.Tensor, test_hidden: torch.Tensor, exact_rows: list[int],
+              ranks: list[int], refine_steps: int, refine_batch: int, refine_lr: float) -> list[dict]:
+    """One row per number of exact rows, rank and fit (FITS) of the ceiling the module docstring describes."""
     length, width = scores.weight.shape
     reference = scores.log_weights(test_hidden)
     fit_target = scores.log_weights(fit_hidden)
     second_moment = fit_hidden.T @ fit_hidden / fit_hidden.shape[0]
     rows = []
-    for rank in ranks:
-        if not 0 < rank <= width:
-            raise ValueError(f"ranks: {rank} is not in 1..{width} (the list's width d).")
-        fitted = {"svd": truncated(scores.weight, rank), "data": data_aware(scores.weight, second_moment, rank)}
-        fitted["kl"] = kl_refined(scores, fitted["data"], fit_hidden, fit_target, refine_steps, refine_batch,
-                                  refine_lr)
-        for fit in FITS:
-            a, b = fitted[fit]
-            rows.append({"rank": rank, "fit": fit, "list_bytes_ratio": (length * rank + rank * width) / (length * width),
-                         **divergence(scores, a @ b, test_hidden, reference)})
-            log.info("rank %d %s: %s", rank, fit, rows[-1])
+    for exact in exact_rows:
+        if not 0 <= exact < length:
+            raise ValueError(f"exact_rows: {exact} is not in 0..{length - 1} (the list has {length} rows).")
+        tail = scores.weight[exact:]
+        for rank in ranks:
+            if not 0 < rank <= width:
+                raise ValueError(f"ranks: {rank} is not in 1..{width} (the list's width d).")
+            fitted = {"svd": truncated(tail, rank), "data": data_aware(tail, second_moment, rank)}
+            fitted["kl"] = kl_refined(scores, exact, fitted["data"], fit_hidden, fit_target, refine_steps,
+                                      refine_batch, refine_lr)
+            weights = exact * width + (length - exact) * rank + rank * width
+            for fit in FITS:
+                rows.append({"exact_rows": exact, "rank": rank, "fit": fit,
+                             "list_bytes_ratio": weights / (length * width),
+                             **divergence(scores, with_tail(scores, exact, fitted[fit]), test_hidden, reference)})
+                log.info("exact rows %d, rank %d, %s: %s", exact, rank, fit, rows[-1])
     return rows

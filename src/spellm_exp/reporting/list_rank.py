@@ -41,7 +41,8 @@ def model_rows(name: str, folder: Path, data: DataConfig, cfg: DictConfig) -> li
     fit = hidden_states(spellm, fit_blocks, data.batch_size)
     test = hidden_states(spellm, datamodule.val_blocks, data.batch_size)
     scores = ListScores.of(spellm.heads)
-    rows = rank_rows(scores, fit, test, list(cfg.ranks), cfg.refine_steps, cfg.refine_batch, cfg.refine_lr)
+    rows = rank_rows(scores, fit, test, list(cfg.exact_rows), list(cfg.ranks), cfg.refine_steps, cfg.refine_batch,
+                     cfg.refine_lr)
     length, width = scores.weight.shape
     return [{"model": spellm.info.description, "checkpoint": str(folder), "list": length, "d": width,
              "fit_positions": fit.shape[0], "test_positions": test.shape[0], **row} for row in rows]
@@ -54,15 +55,16 @@ def write_list_rank_table(cfg: DictConfig, command: str) -> list[Path]:
     folders = {name: shortlist_folder(name, entry.checkpoint) for name, entry in cfg.models.items()}
     started = provenance(OmegaConf.to_container(cfg, resolve=True))
     frame = pd.DataFrame([row for name in cfg.models for row in model_rows(name, folders[name], data[name], cfg)])
-    wide = frame.pivot_table(index=["model", "rank", "list_bytes_ratio"], columns="fit",
+    wide = frame.pivot_table(index=["model", "exact_rows", "rank", "list_bytes_ratio"], columns="fit",
                              values=["kl_mean", "top1_agreement"], sort=False)[[(m, f) for m in
                                                                                  ("kl_mean", "top1_agreement")
                                                                                  for f in FITS]]
     wide.columns = [f"{metric} ({fit})" for metric, fit in wide.columns]
     notes = [
-        "Issue 16: a rank-r list W ~ A B reads L*r + r*d weights per decode step instead of L*d "
-        "(list_bytes_ratio); this measures, with no distillation, how far its softmax moves from the full list's.",
-        "Fits: svd = truncated SVD of W; data = the best rank r in the logits' squared error over the fit positions' "
+        "Issue 16: a list whose rows after the first exact_rows are one rank-r product A B reads exact_rows*d + "
+        "(L - exact_rows)*r + r*d weights per decode step instead of L*d (list_bytes_ratio); this measures, with no "
+        "distillation, how far its softmax moves from the full list's.",
+        "Fits of the factored rows W_tail: svd = truncated SVD of W_tail; data = the best rank r in the logits' squared error over the fit positions' "
         "hidden states (SVD of W S^1/2); kl = data refined by Adam on KL(full || rank r) over the fit positions "
         f"({cfg.refine_steps} steps of {cfg.refine_batch} positions, lr {cfg.refine_lr}).",
         f"Fit positions: the last {cfg.fit_blocks} training blocks of each model's distillation data; test positions: "
