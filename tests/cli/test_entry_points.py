@@ -224,7 +224,8 @@ def test_console_scripts_are_the_same_commands(tmp_path):
     from importlib.metadata import entry_points
 
     scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("spellm-")}
-    assert scripts["spellm-train"] == "spellm_exp.cli.train:main" and len(scripts) == 15
+    assert scripts["spellm-train"] == "spellm_exp.cli.train:main" and len(scripts) == 16
+    assert scripts["spellm-list-rank"] == "spellm_exp.cli.list_rank:main"
     script = Path(sys.executable).parent / "spellm-describe"
     result = subprocess.run([str(script), "--cfg", "job", "model=tiny_gemma"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
