@@ -91,7 +91,9 @@ def test_bench_writes_a_well_formed_record(cache_dir, tmp_path):
             assert len(summary["runs"]) == 1 and summary["runs"][0]["head_steps"] >= 1
         for variant in ("teacher", "spellm"):  # EOS ignored: a fixed number of backbone steps
             assert batch[variant]["runs"][0]["steps"] == 3
-        assert set(batch["output_layer"]) >= {"teacher_ms", "spellm_ms", "spellm_host_ms", "host_share_of_spellm_step"}
+        assert set(batch["output_layer"]) >= {"teacher_ms", "spellm_ms", "spellm_host_ms", "host_share_of_spellm_step",
+                                              "teacher_cold_ms", "spellm_cold_ms", "cache_eviction_mb"}
+        assert batch["output_layer"]["teacher_cold_ms"] > 0 and batch["output_layer"]["spellm_cold_ms"] > 0
     assert record["spellm"]["decode"] == {"mode": "free", "backend": "eager", "compiler": "inductor"}
     bound = record["bound"]
     assert bound["ratio"] == pytest.approx(Bound(*(bound[k] for k in
@@ -118,6 +120,7 @@ def test_bench_times_a_shortlist_that_scores_seen_tokens(cache_dir):
     assert record["spellm"]["head_type"]["context_tokens"] is True
     batch = record["batches"][0]
     assert batch["spellm"]["step_ms"] > 0 and batch["output_layer"]["spellm_ms"] > 0
+    assert batch["output_layer"]["spellm_cold_ms"] > 0  # twice the repeats' steps, hot and cold, found room
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -436,3 +436,58 @@ def test_seen_tokens_join_the_softmax_with_their_exact_logits_and_sum_per_string
     assert "context_tokens" not in settings_dict(SETTINGS["shortlist"])  # older checkpoints read the same
     with pytest.raises(ValueError, match="call the heads with their TokenContext"):
         heads(hidden)
+
+
+SHORTLISTS = [name for name, config in SETTINGS.items() if config.kind is HeadKind.shortlist]
+
+
+@pytest.mark.parametrize("kind", SHORTLISTS)
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_greedy_scores_its_candidates_as_log_prob_does(kind, seed):
+    """The decode step's shorter scoring of a few candidates (seen tokens compared string by string) is log_prob's,
+    and greedy picks the best of its candidates by log_prob."""
+    heads, hidden = _random_heads(kind, seed), torch.randn(5, TINY_D)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        dist = _distribution(heads, hidden)
+        # shortlist strings, seen tokens' strings, the rest's argmax and random strings, a string twice
+        candidates = torch.cat([heads.strings[:2].expand(5, -1, -1), TINY_VOCABULARY[[7, 11]].expand(5, -1, -1),
+                                dist.rest.greedy(False).unsqueeze(1),
+                                ALL_STRINGS[torch.randint(0, len(ALL_STRINGS), (5, 3), generator=generator)]], 1)
+        candidates[:, -1] = candidates[:, 0]
+        if dist.over_vocabulary is None:
+            torch.testing.assert_close(dist._candidate_scores(candidates), dist.log_prob(candidates))
+        expected = [heads.strings[dist.log_weights[:, :-1].argmax(-1)], dist.rest.greedy(False)]
+        expected += [] if dist.over_vocabulary is None else [dist.over_vocabulary.best]
+        expected += [] if dist.context is None else [dist.context.best()]
+        expected = torch.stack(expected, 1)
+        expected = expected[torch.arange(5), dist.log_prob(expected).argmax(-1)]
+        assert torch.equal(dist.greedy(forbid_pad_first=False), expected)
+
+
+@pytest.mark.parametrize("kind", ["shortlist", "shortlist+context"])
+def test_packed_rows_give_the_same_distribution_and_stay_the_parameters(kind, tmp_path):
+    """pack_rows lays the list, gate and rest heads out as one matrix that the parameters are views of: the same
+    distribution from one matmul, loads and in-place updates reach it, moving the heads unpacks them."""
+    heads, hidden = _random_heads(kind, 5), torch.randn(4, TINY_D)
+    with torch.no_grad():
+        before = _distribution(heads, hidden)
+        assert heads.pack_rows() and heads._packed is not None
+        packed_matrix = heads._packed[0]
+        assert heads.weight.data_ptr() == packed_matrix.data_ptr()
+        assert heads.linear.weight.data_ptr() == packed_matrix[5 + 1].data_ptr()  # after the 5 list rows and the gate
+        after = _distribution(heads, hidden)
+        torch.testing.assert_close(after.log_weights, before.log_weights)
+        torch.testing.assert_close(after.rest.logits, before.rest.logits)
+        assert torch.equal(after.greedy(False), before.greedy(False))
+        heads.linear.bias.add_(1.0)  # an in-place change reaches the packed matrix
+        moved = _distribution(heads, hidden)
+        torch.testing.assert_close(moved.rest.logits, before.rest.logits + 1.0)
+    with torch.enable_grad():  # training reads the parameters themselves: gradients reach them
+        _distribution(heads, hidden).log_weights.sum().backward()
+    assert heads.weight.grad is not None and heads.gate.weight.grad is not None
+    heads.to(torch.float64)
+    assert heads._packed is None and heads.weight.dtype == torch.float64
+    assert build_heads(SETTINGS["shortlist,tail"], TINY_K, TINY_SIGMA, TINY_D).pack_rows() is False
+    assert LinearHeads(K, SYMBOLS, D).pack_rows() is False

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from spellm_exp.core.charset import EOS, PAD, Alphabet, SpellingTable, TokenSpellings
-from spellm_exp.core.vocab_lookup import VocabLookup, normalise
+from spellm_exp.core.vocab_lookup import VocabLookup, hash_powers, normalise, prefix_keys, string_keys
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,13 @@ def test_device_cover_is_the_hosts_longest_prefix_rule(spelling):
         spelled = tuple(spelling.alphabet.unit_of(s) for s in row[:length] if s != PAD)
         assert spelling.string_to_id[spelled] == token_id and length >= len(spelled)
     assert (lengths < 8).sum() > 300  # the glued and random rows split
+
+
+def test_prefix_keys_are_the_keys_of_the_pad_filled_prefixes():
+    generator = torch.Generator().manual_seed(2)
+    strings = normalise(torch.randint(0, 90, (50, 6), generator=generator))
+    powers = hash_powers(6)
+    expected = torch.stack([string_keys(torch.where(torch.arange(6) <= j, strings, PAD), powers)
+                            for j in range(6)], dim=1)
+    assert torch.equal(prefix_keys(strings, powers), expected)
+    assert torch.equal(prefix_keys(strings, powers)[:, -1], string_keys(strings, powers))

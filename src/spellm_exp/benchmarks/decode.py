@@ -5,7 +5,7 @@ backbone object, prompts, device and dtype; only the output head differs. Per ba
 repetitions with teacher and SpeLLM interleaved, a fixed number of decode steps (EOS ignored, so
 random-init models can be timed), and the device synchronised around every timed region. Also the
 output layer alone (teacher head + argmax vs char heads + k argmaxes + string -> ids, both on the
-device), the host's reading of a step, peak memory, and the weight-bytes bound of method.md next to
+device; back to back, and after evicting the caches as a backbone step does), the host's reading of a step, peak memory, and the weight-bytes bound of method.md next to
 the measured ratio.
 `run_bench` returns the record, with provenance; the command writes it to <run folder>/bench.json (and `out_file`).
 """
@@ -63,6 +63,7 @@ from spellm_exp.teachers.loader import DTYPES
 
 log = logging.getLogger(__name__)
 MEMORY_HEADROOM = 1.3  # weights x this must fit: activations, KV cache, allocator slack
+CACHE_EVICTION_MB = 256  # written before each cold output-layer timing: several times any CPU's or GPU's last cache
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,12 @@ def time_output_layers(teacher_head: TeacherHead, spellm_head: SpeLLMHead, hidde
     """Median ms of each output layer's device step alone on the same hidden states (the SpeLLM's includes
     string -> ids), and of the host reading one SpeLLM step into strings and ids (off the step's critical path
     with decode.backend=compiled, where it happens every few steps). `prompts` (left-padded ids and mask) start
-    the heads that keep the tokens fed so far (heads.context_tokens), with room for every step timed here."""
+    the heads that keep the tokens fed so far (heads.context_tokens), with room for every step timed here.
+
+    Each layer is timed twice: `*_ms` back to back (its weights and code stay in the caches: what it costs at best)
+    and `*_cold_ms` after evicting the caches (CACHE_EVICTION_MB written first, the two heads alternating), as in a
+    decode step, where the backbone's weights pass through the caches between two head calls: a head of many small
+    operations pays for each one's cold start there, which back-to-back timings hide."""
     def median_ms(fn) -> float:
         fn()  # warm-up
         times = []
@@ -211,11 +217,22 @@ def time_output_layers(teacher_head: TeacherHead, spellm_head: SpeLLMHead, hidde
     spellm_pending = torch.full((rows, spellm_head.width), PAD, dtype=torch.long, device=hidden.device)
     spellm_head.prepare(hidden.device)
     for head in (teacher_head, spellm_head):
-        head.begin(*prompts, steps=repeats + 2)  # the first step, a warm-up and `repeats` timed ones
+        head.begin(*prompts, steps=2 * repeats + 2)  # the first step, a warm-up, `repeats` timed ones hot and cold
     outputs = spellm_head.step(hidden, spellm_pending).output
-    return {"teacher_ms": median_ms(lambda: teacher_head.step(hidden, teacher_pending)),
-            "spellm_ms": median_ms(lambda: spellm_head.step(hidden, spellm_pending)),
-            "spellm_host_ms": median_ms(lambda: [spellm_head.proposal(row) for row in outputs.tolist()])}
+    timings = {"teacher_ms": median_ms(lambda: teacher_head.step(hidden, teacher_pending)),
+               "spellm_ms": median_ms(lambda: spellm_head.step(hidden, spellm_pending)),
+               "spellm_host_ms": median_ms(lambda: [spellm_head.proposal(row) for row in outputs.tolist()])}
+    eviction = torch.empty(CACHE_EVICTION_MB * 2**20 // 4, device=hidden.device)
+    cold = {"teacher": [], "spellm": []}
+    for _ in range(repeats):
+        for name, step in (("teacher", lambda: teacher_head.step(hidden, teacher_pending)),
+                           ("spellm", lambda: spellm_head.step(hidden, spellm_pending))):
+            eviction.fill_(1.0)
+            start = clock()  # (on a GPU, after the eviction: the clock waits for queued work)
+            step()
+            cold[name].append(clock() - start)
+    return {**timings, **{f"{name}_cold_ms": 1e3 * statistics.median(times) for name, times in cold.items()},
+            "cache_eviction_mb": CACHE_EVICTION_MB}
 
 
 @torch.inference_mode()

@@ -42,7 +42,7 @@ class TokenContext:
 
     def per_position(self, values: torch.Tensor) -> torch.Tensor:
         """[G, m, ...] -> [G * P, m, ...]: each position's copy of its group's values."""
-        return values.repeat_interleave(self.positions, dim=0)
+        return values if self.positions == 1 else values.repeat_interleave(self.positions, dim=0)
 
 
 def token_context(ids: torch.Tensor, eligible: torch.Tensor, table: torch.Tensor, unembedding: torch.Tensor,

@@ -146,6 +146,7 @@ class SpeLLMHead:
         self._seen_buffers: dict[tuple[int, int], SeenTokens] = {}
 
     def prepare(self, device: torch.device) -> None:
+        self.spellm.heads.pack_rows()
         if self.mode == "free" and (self.lookup is None or self.lookup.sorted_keys.device != device):
             self.lookup = VocabLookup(self.spelling).to(device)
 

@@ -238,11 +238,24 @@ class Autoregressive(StringDistribution):
 
 class ContextWeights:
     """The exact part of a shortlist for the tokens each position has seen (`heads.context_tokens`): their context
-    (strings [G, m, k]), the strings' keys [G, m] and log weights [n, m] (-inf where a position has not seen the
-    token)."""
+    (strings [G, m, k]) and log weights [n, m] (-inf where a position has not seen the token); the strings' keys
+    [G, m] (hashed with `powers`) when first needed."""
 
-    def __init__(self, context: TokenContext, keys: torch.Tensor, log_weights: torch.Tensor):
-        self.context, self.strings, self.keys, self.log_weights = context, context.strings, keys, log_weights
+    def __init__(self, context: TokenContext, powers: torch.Tensor, log_weights: torch.Tensor):
+        self.context, self.strings, self.log_weights = context, context.strings, log_weights
+        self._powers, self._keys = powers, None
+
+    @property
+    def keys(self) -> torch.Tensor:
+        if self._keys is None:
+            self._keys = string_keys(self.strings, self._powers)
+        return self._keys
+
+    def seen_log_prob(self, strings: torch.Tensor) -> torch.Tensor:
+        """[n, C]: log of the seen tokens' weight on each of C strings [n, C, k] per position (-inf where none
+        spells it), by comparing the strings themselves: for a decode step's few candidates, not a batch's."""
+        same = (self.context.per_position(self.strings).unsqueeze(1) == strings.unsqueeze(2)).all(-1)  # [n, C, m]
+        return torch.where(same, self.log_weights.unsqueeze(1), -math.inf).logsumexp(-1)
 
     def log_terms(self, strings: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """[n, m', m]: log w_j where seen token j spells string m' of strings [n, m', k] (keys [n, m']), else -inf;
@@ -284,14 +297,15 @@ class Shortlist(StringDistribution):
     def log_prob(self, strings: torch.Tensor) -> torch.Tensor:
         shape = torch.broadcast_shapes(strings.shape[:-1], (self.size, 1))
         strings = strings.expand(*shape, strings.shape[-1])
-        slots = self.heads.slot_of(strings)  # [n, m]
+        keys = string_keys(strings, self.heads.powers)
+        slots = self.heads.slot_of(strings, keys)  # [n, m]
         exact = torch.where(slots >= 0, self.log_weights.gather(1, slots.clamp(min=0)), -math.inf)
         rest = self.rest.log_prob(strings)
         if self.over_vocabulary is not None:
             rest = self.over_vocabulary.rescale(strings, rest)
         if self.context is None:
             return torch.logaddexp(exact, self.log_weights[:, -1:] + rest)
-        seen = self.context.log_terms(strings, string_keys(strings, self.heads.powers))
+        seen = self.context.log_terms(strings, keys)
         return torch.logsumexp(torch.cat([exact.unsqueeze(-1), seen, (self.log_weights[:, -1:] + rest).unsqueeze(-1)],
                                          dim=-1), dim=-1)
 
@@ -321,8 +335,20 @@ class Shortlist(StringDistribution):
         if self.context is not None:
             candidates.append(self.context.best())
         candidates = torch.stack(candidates, dim=1)  # [n, 2 to 4, k]
-        pick = self.log_prob(candidates).argmax(-1)
+        scores = self.log_prob(candidates) if self.over_vocabulary is not None else self._candidate_scores(candidates)
+        pick = scores.argmax(-1)
         return candidates[torch.arange(candidates.shape[0], device=pick.device), pick]
+
+    def _candidate_scores(self, candidates: torch.Tensor) -> torch.Tensor:
+        """log p of a few candidate strings [n, C, k] per position, as `log_prob` (rest not renormalised) but in
+        fewer steps: a decode step runs this every time, on a CPU each step's small operations start cold after the
+        backbone's, and the seen tokens' part compares the C strings directly instead of hashing them."""
+        slots = self.heads.slot_of(candidates)  # [n, C]
+        terms = [torch.where(slots >= 0, self.log_weights.gather(1, slots.clamp(min=0)), -math.inf),
+                 self.log_weights[:, -1:] + self.rest.log_prob(candidates)]
+        if self.context is not None:
+            terms.append(self.context.seen_log_prob(candidates))
+        return torch.stack(terms, dim=-1).logsumexp(-1)
 
     def _marginal_log_probs(self) -> torch.Tensor:
         weights = self.log_weights.float().exp()
@@ -408,6 +434,11 @@ class OutputHeads(nn.Module):
     def decode_flops(self) -> int:
         """Multiply-adds x 2 per position of one greedy decode step, next to the teacher's 2 |V| d."""
         raise NotImplementedError
+
+    def pack_rows(self) -> bool:
+        """Lay the output rows out for fewer matmuls per decode step, where a type can (the shortlist's); whether
+        it did."""
+        return False
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -625,6 +656,7 @@ class ShortlistHeads(OutputHeads):
         # the vocabulary's distinct strings (attach_spelling), for a rest renormalised over its own
         self.register_buffer("vocab_strings", torch.zeros(0, k, dtype=torch.long), persistent=False)
         self._index_key, self._index, self._rest_key, self._rest_index = None, None, None, None
+        self._packed: tuple[torch.Tensor, torch.Tensor] | None = None  # pack_rows
 
     def settings(self) -> HeadsConfig:
         common = dict(kind=self.kind, shortlist=self.size, context_tokens=self.context_tokens,
@@ -704,10 +736,12 @@ class ShortlistHeads(OutputHeads):
             self._index_key = key
         return self._index
 
-    def slot_of(self, strings: torch.Tensor) -> torch.Tensor:
-        """[..., k] strings -> [...] their shortlist slots, -1 for strings no shortlist token spells."""
+    def slot_of(self, strings: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """[..., k] strings (and their string_keys, where the caller has them) -> [...] their shortlist slots, -1
+        for strings no shortlist token spells."""
         sorted_keys, slots, _ = self._lookup()
-        position = torch.searchsorted(sorted_keys, string_keys(strings, self.powers)).clamp(max=self.size - 1)
+        keys = string_keys(strings, self.powers) if keys is None else keys
+        position = torch.searchsorted(sorted_keys, keys).clamp(max=self.size - 1)
         slot = slots[position]
         return torch.where((self.strings[slot] == strings).all(-1), slot, -1)
 
@@ -720,19 +754,60 @@ class ShortlistHeads(OutputHeads):
         if self.context_tokens and context is None:
             raise ValueError("heads.context_tokens=true scores the tokens each position has seen: call the heads with "
                              "their TokenContext (SpeLLM.token_context(ids)).")
-        scores = [self.list_logits(hidden).float(), self.gate(hidden).float()]
-        if self.context_tokens:
-            scores.insert(1, context.logits(hidden))
-        log_weights = F.log_softmax(torch.cat(scores, dim=-1), dim=-1)
+        packed = self._packed_rows() if not torch.is_grad_enabled() else None
+        if packed is not None:  # one matmul for the list, the gate and the rest heads
+            logits = F.linear(hidden, *packed)
+            scores, rest_logits = logits[..., : self.size + 1].float(), logits[..., self.size + 1:]
+        else:
+            scores, rest_logits = torch.cat([self.list_logits(hidden).float(), self.gate(hidden).float()], -1), None
+        if self.context_tokens:  # after the rest's logit: log_weights[:, :L + 1] is the list and the rest, a view
+            scores = torch.cat([scores, context.logits(hidden)], dim=-1)
+        log_weights = F.log_softmax(scores, dim=-1)
         if self.rest is HeadKind.autoregressive:
             rest = Autoregressive(self, hidden)
+        elif rest_logits is not None:
+            rest = Factorised(rest_logits.unflatten(-1, (self.k, self.n_symbols)))
         else:
             rest = Factorised(self.linear.logits(trunk(self, hidden) if self.rest is HeadKind.mlp else hidden))
         if not self.context_tokens:
             return Shortlist(self, log_weights, rest)
-        seen = log_weights[:, self.size:-1]
-        log_weights = torch.cat([log_weights[:, : self.size], log_weights[:, -1:]], dim=-1)
-        return Shortlist(self, log_weights, rest, self.context_weights(context, seen))
+        seen = log_weights[..., self.size + 1:]
+        return Shortlist(self, log_weights[..., : self.size + 1], rest, self.context_weights(context, seen))
+
+    def pack_rows(self) -> bool:
+        """Lay the list's rows, the gate's and the rest heads' (heads.rest=linear, no factored tail) out as one
+        matrix in place, the parameters becoming views of it (no copy kept): a decode step then reads them in one
+        matmul, not three, which on a CPU saves the cold start of two small ones per step. Inference only (the
+        parameters still train, separately, and load or copy_ into the same memory); moving the heads undoes it,
+        and calling this again redoes it. Whether the heads are packed now."""
+        if self.tail_rank or self.rest is not HeadKind.linear:
+            return False
+        if self._packed_rows() is not None:
+            return True
+        parts = [(self.weight, self.bias), (self.gate.weight, self.gate.bias),
+                 (self.linear.weight.flatten(0, 1), self.linear.bias.flatten())]
+        with torch.no_grad():
+            weight = torch.cat([w.detach() for w, _ in parts])
+            bias = torch.cat([b.detach() for _, b in parts])
+        start = 0
+        for (param_w, param_b), (w, b) in zip(self._row_params(), parts):
+            rows = w.shape[0]
+            param_w.data = weight[start: start + rows].view(param_w.shape)
+            param_b.data = bias[start: start + rows].view(param_b.shape)
+            start += rows
+        self._packed = (weight, bias)
+        return True
+
+    def _row_params(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        return [(self.weight, self.bias), (self.gate.weight, self.gate.bias), (self.linear.weight, self.linear.bias)]
+
+    def _packed_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(the packed matrix, its bias) after `pack_rows`, until the heads move (`_apply`)."""
+        return self._packed
+
+    def _apply(self, fn, recurse=True):
+        self._packed = None  # .to(), .half(), ...: new tensors per parameter, no longer views of one matrix
+        return super()._apply(fn, recurse)
 
     def list_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., L]: the list's logits (a factored tail: two small products instead of its rows')."""
@@ -764,7 +839,7 @@ class ShortlistHeads(OutputHeads):
         self.tail_in.copy_(into.to(self.tail_in.dtype))
 
     def context_weights(self, context: TokenContext, log_weights: torch.Tensor) -> ContextWeights:
-        return ContextWeights(context, string_keys(context.strings, self.powers), log_weights)
+        return ContextWeights(context, self.powers, log_weights)
 
     def context_eligible(self, table: torch.Tensor, spellable: torch.Tensor) -> torch.Tensor:
         """[|V|] bool: the tokens a context may score exactly (spellable, and no shortlist token spells their string:

@@ -182,7 +182,10 @@ class SpeLLM(nn.Module):
         trained: its weights (`backbone_trained`), or only its LoRA adapters (`peft_model`)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({name: p.detach().contiguous() for name, p in self.heads.state_dict().items()}, folder / HEADS_FILE)
+        # clones: packed heads (ShortlistHeads.pack_rows) are views of one matrix, which safetensors refuses
+        heads = {name: p.detach().clone(memory_format=torch.contiguous_format)
+                 for name, p in self.heads.state_dict().items()}
+        save_file(heads, folder / HEADS_FILE)
         if peft_model is not None:
             peft_model.save_pretrained(folder / LORA_FOLDER)
         elif backbone_trained:

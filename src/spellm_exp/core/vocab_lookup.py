@@ -41,6 +41,12 @@ def string_keys(symbols: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
     return halves[0] * (1 << 31) + halves[1]
 
 
+def prefix_keys(symbols: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
+    """[n, k] -> [n, k]: string_keys of each prefix symbols[:, :j + 1] padded with PAD (symbol 0, no term)."""
+    halves = [(symbols * powers[i]).cumsum(-1) % prime for i, prime in enumerate(_PRIMES)]
+    return halves[0] * (1 << 31) + halves[1]
+
+
 def normalise(symbols: torch.Tensor) -> torch.Tensor:
     """The string a greedy row spells: every symbol after its first PAD or EOS becomes PAD (a leading EOS
     stays, alone: the end token)."""
@@ -86,17 +92,20 @@ class VocabLookup(nn.Module):
     def cover(self, strings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[n, k] strings -> (the id of each one's longest vocabulary prefix [n], the symbols it spells [n]).
 
-        A leading EOS is the end token and takes the whole row; a string no token starts gives length 0 (id -1)."""
+        A leading EOS is the end token and takes the whole row; a string no token starts gives length 0 (id -1).
+        PAD is symbol 0, so the key of every PAD-filled prefix is a partial sum of the string's hash: all k prefixes
+        are looked up at once, from one cumulative sum per hash."""
         string = normalise(strings)
         k = string.shape[1]
-        slots = torch.arange(k, device=string.device)
-        lengths = slots + 1
-        prefixes = torch.where(slots[None, None, :] < lengths[None, :, None], string[:, None, :], PAD)  # [n, k, k]
-        ids, found = self(prefixes.flatten(0, 1))
-        found = found.view(-1, k) & (string[:, None, 0] != EOS)
-        longest = torch.where(found, lengths, 0).max(-1).values
-        ids = ids.view(-1, k).gather(1, (longest - 1).clamp(min=0)[:, None]).squeeze(1)
+        keys = prefix_keys(string, self.powers)  # [n, k]: the prefix of length j + 1
+        position = torch.searchsorted(self.sorted_keys, keys).clamp(max=self.sorted_keys.numel() - 1)
+        ids = self.sorted_ids[position]
+        lengths = torch.arange(1, k + 1, device=string.device)
+        prefixes = torch.where(lengths[None, None, :] <= lengths[None, :, None], string[:, None, :], PAD)  # [n, k, k]
         end = string[:, 0] == EOS
+        found = (self.table[ids] == prefixes).all(-1) & ~end.unsqueeze(1)
+        longest = torch.where(found, lengths, 0).max(-1).values
+        ids = ids.gather(1, (longest - 1).clamp(min=0)[:, None]).squeeze(1)
         ids = torch.where(end, torch.full_like(ids, self.eos_id), torch.where(longest > 0, ids, -1))
         return ids, torch.where(end, k, longest)
 

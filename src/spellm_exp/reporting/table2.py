@@ -81,6 +81,9 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                          "spellm_non_vocab_share": spellm["non_vocab_share"],
                          "teacher_peak_mb": teacher["peak_memory_mb"], "spellm_peak_mb": spellm["peak_memory_mb"],
                          "teacher_output_layer_ms": layer["teacher_ms"], "spellm_output_layer_ms": layer["spellm_ms"],
+                         # records before the cold timings have none
+                         "teacher_output_layer_cold_ms": layer.get("teacher_cold_ms"),
+                         "spellm_output_layer_cold_ms": layer.get("spellm_cold_ms"),
                          "spellm_host_ms": layer["spellm_host_ms"],
                          "host_share_of_spellm_step": layer["host_share_of_spellm_step"],
                          "heads": record["spellm"]["heads"], "git_sha": record["provenance"]["git_sha"],
