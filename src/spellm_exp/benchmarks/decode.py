@@ -5,8 +5,8 @@ backbone object, prompts, device and dtype; only the output head differs. Per ba
 repetitions with teacher and SpeLLM interleaved, a fixed number of decode steps (EOS ignored, so
 random-init models can be timed), and the device synchronised around every timed region. Also the
 output layer alone (teacher head + argmax vs char heads + k argmaxes + string -> ids, both on the
-device; back to back, and after evicting the caches as a backbone step does), the host's reading of a step, peak memory, and the weight-bytes bound of method.md next to
-the measured ratio.
+device; back to back, and after evicting the caches as a backbone step does), the host's reading of a step, peak
+memory, and the weight-bytes bound of method.md next to the measured ratio.
 `run_bench` returns the record, with provenance; the command writes it to <run folder>/bench.json (and `out_file`).
 """
 
