@@ -248,6 +248,9 @@ def test_table2_benches_each_entry_into_its_device_folder(cache_dir, tmp_path):
         bench_entries(cfg)
     (record,) = load_records(tmp_path / "bench")
     assert record["spellm"]["heads"].startswith("heads at init")  # the missing checkpoint falls back
+    assert record["entry"] == "tiny"  # the entry that wrote it, shown in the table's note
+    shown, tidy = table_frames([record])
+    assert shown.iloc[0]["note"] == "heads at init; tiny" and tidy.iloc[0]["entry"] == "tiny"
     assert record["settings"]["decode_steps"] == 2 and record["dtype"] == "float32"
     assert list((tmp_path / "bench").glob("*/tiny.json"))
 

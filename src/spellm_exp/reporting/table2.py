@@ -61,7 +61,8 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                    "chars/s teacher": teacher["chars_per_s"], "chars/s SpeLLM": spellm["chars_per_s"],
                    "string->ids % of step": 100 * layer["host_share_of_spellm_step"],
                    "note": ("distilled heads" if record["spellm"]["heads"].startswith("distilled") else "heads at init")
-                   + (f"; retried {record['retried']}" if "retried" in record else "")}
+                   + (f"; retried {record['retried']}" if "retried" in record else "")
+                   + (f"; {record['entry']}" if "entry" in record else "")}
             rows.append(row)
             tidy.append({**base, "loop": loop, "batch": batch["batch_size"], "k": record["spellm"]["k"],
                          "head_type": heads, "copy_gb_s": floor.get("copy_gb_s"),
@@ -86,7 +87,8 @@ def table_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                          "spellm_output_layer_cold_ms": layer.get("spellm_cold_ms"),
                          "spellm_host_ms": layer["spellm_host_ms"],
                          "host_share_of_spellm_step": layer["host_share_of_spellm_step"],
-                         "heads": record["spellm"]["heads"], "git_sha": record["provenance"]["git_sha"],
+                         "heads": record["spellm"]["heads"], "entry": record.get("entry", ""),
+                         "git_sha": record["provenance"]["git_sha"],
                          "date": record["provenance"]["date"]})
     return pd.DataFrame(rows).astype(object).fillna(""), pd.DataFrame(tidy)
 
@@ -212,7 +214,9 @@ def _release(device) -> None:
 
 
 def load_records(bench_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(bench_dir).glob("*/*.json"))]
+    """Every record under bench_dir/<device>/, each with `entry`: its file's name, the conf/table2.yaml entry that
+    wrote it (rows of one model and head type can come from several entries)."""
+    return [{**json.loads(p.read_text()), "entry": p.stem} for p in sorted(Path(bench_dir).glob("*/*.json"))]
 
 
 def write_table2(cfg: DictConfig, command: str) -> list[Path]:
