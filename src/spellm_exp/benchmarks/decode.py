@@ -219,14 +219,14 @@ def time_output_layers(teacher_head: TeacherHead, spellm_head: SpeLLMHead, hidde
     for head in (teacher_head, spellm_head):
         head.begin(*prompts, steps=2 * repeats + 2)  # the first step, a warm-up, `repeats` timed ones hot and cold
     outputs = spellm_head.step(hidden, spellm_pending).output
-    timings = {"teacher_ms": median_ms(lambda: teacher_head.step(hidden, teacher_pending)),
-               "spellm_ms": median_ms(lambda: spellm_head.step(hidden, spellm_pending)),
+    steps = {"teacher": lambda: teacher_head.step(hidden, teacher_pending),
+             "spellm": lambda: spellm_head.step(hidden, spellm_pending)}
+    timings = {**{f"{name}_ms": median_ms(step) for name, step in steps.items()},
                "spellm_host_ms": median_ms(lambda: [spellm_head.proposal(row) for row in outputs.tolist()])}
     eviction = torch.empty(CACHE_EVICTION_MB * 2**20 // 4, device=hidden.device)
-    cold = {"teacher": [], "spellm": []}
+    cold = {name: [] for name in steps}
     for _ in range(repeats):
-        for name, step in (("teacher", lambda: teacher_head.step(hidden, teacher_pending)),
-                           ("spellm", lambda: spellm_head.step(hidden, spellm_pending))):
+        for name, step in steps.items():
             eviction.fill_(1.0)
             start = clock()  # (on a GPU, after the eviction: the clock waits for queued work)
             step()

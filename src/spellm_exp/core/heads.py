@@ -298,8 +298,7 @@ class Shortlist(StringDistribution):
         shape = torch.broadcast_shapes(strings.shape[:-1], (self.size, 1))
         strings = strings.expand(*shape, strings.shape[-1])
         keys = string_keys(strings, self.heads.powers)
-        slots = self.heads.slot_of(strings, keys)  # [n, m]
-        exact = torch.where(slots >= 0, self.log_weights.gather(1, slots.clamp(min=0)), -math.inf)
+        exact = self._exact(self.heads.slot_of(strings, keys))  # [n, m]
         rest = self.rest.log_prob(strings)
         if self.over_vocabulary is not None:
             rest = self.over_vocabulary.rescale(strings, rest)
@@ -343,12 +342,14 @@ class Shortlist(StringDistribution):
         """log p of a few candidate strings [n, C, k] per position, as `log_prob` (rest not renormalised) but in
         fewer steps: a decode step runs this every time, on a CPU each step's small operations start cold after the
         backbone's, and the seen tokens' part compares the C strings directly instead of hashing them."""
-        slots = self.heads.slot_of(candidates)  # [n, C]
-        terms = [torch.where(slots >= 0, self.log_weights.gather(1, slots.clamp(min=0)), -math.inf),
-                 self.log_weights[:, -1:] + self.rest.log_prob(candidates)]
+        terms = [self._exact(self.heads.slot_of(candidates)), self.log_weights[:, -1:] + self.rest.log_prob(candidates)]
         if self.context is not None:
             terms.append(self.context.seen_log_prob(candidates))
         return torch.stack(terms, dim=-1).logsumexp(-1)
+
+    def _exact(self, slots: torch.Tensor) -> torch.Tensor:
+        """[n, m] shortlist slots (-1: none) -> the list's log weight of each, -inf where none."""
+        return torch.where(slots >= 0, self.log_weights.gather(1, slots.clamp(min=0)), -math.inf)
 
     def _marginal_log_probs(self) -> torch.Tensor:
         weights = self.log_weights.float().exp()
@@ -754,7 +755,7 @@ class ShortlistHeads(OutputHeads):
         if self.context_tokens and context is None:
             raise ValueError("heads.context_tokens=true scores the tokens each position has seen: call the heads with "
                              "their TokenContext (SpeLLM.token_context(ids)).")
-        packed = self._packed_rows() if not torch.is_grad_enabled() else None
+        packed = self._packed if not torch.is_grad_enabled() else None
         if packed is not None:  # one matmul for the list, the gate and the rest heads
             logits = F.linear(hidden, *packed)
             scores, rest_logits = logits[..., : self.size + 1].float(), logits[..., self.size + 1:]
@@ -782,28 +783,19 @@ class ShortlistHeads(OutputHeads):
         and calling this again redoes it. Whether the heads are packed now."""
         if self.tail_rank or self.rest is not HeadKind.linear:
             return False
-        if self._packed_rows() is not None:
+        if self._packed is not None:
             return True
-        parts = [(self.weight, self.bias), (self.gate.weight, self.gate.bias),
-                 (self.linear.weight.flatten(0, 1), self.linear.bias.flatten())]
-        with torch.no_grad():
-            weight = torch.cat([w.detach() for w, _ in parts])
-            bias = torch.cat([b.detach() for _, b in parts])
+        parts = [(self.weight, self.bias), (self.gate.weight, self.gate.bias), (self.linear.weight, self.linear.bias)]
+        weight = torch.cat([w.detach().reshape(-1, self.hidden_size) for w, _ in parts])
+        bias = torch.cat([b.detach().reshape(-1) for _, b in parts])
         start = 0
-        for (param_w, param_b), (w, b) in zip(self._row_params(), parts):
-            rows = w.shape[0]
+        for param_w, param_b in parts:
+            rows = param_b.numel()
             param_w.data = weight[start: start + rows].view(param_w.shape)
             param_b.data = bias[start: start + rows].view(param_b.shape)
             start += rows
-        self._packed = (weight, bias)
+        self._packed = (weight, bias)  # until the heads move (_apply)
         return True
-
-    def _row_params(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
-        return [(self.weight, self.bias), (self.gate.weight, self.gate.bias), (self.linear.weight, self.linear.bias)]
-
-    def _packed_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(the packed matrix, its bias) after `pack_rows`, until the heads move (`_apply`)."""
-        return self._packed
 
     def _apply(self, fn, recurse=True):
         self._packed = None  # .to(), .half(), ...: new tensors per parameter, no longer views of one matrix

@@ -37,12 +37,12 @@ def hash_powers(k: int) -> torch.Tensor:
 
 def string_keys(symbols: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
     """[..., k] symbol ids -> [...] int64 keys (two 31-bit polynomial hashes side by side)."""
-    halves = [(symbols * powers[i]).sum(-1) % prime for i, prime in enumerate(_PRIMES)]
-    return halves[0] * (1 << 31) + halves[1]
+    return prefix_keys(symbols, powers)[..., -1]
 
 
 def prefix_keys(symbols: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
-    """[n, k] -> [n, k]: string_keys of each prefix symbols[:, :j + 1] padded with PAD (symbol 0, no term)."""
+    """[..., k] -> [..., k]: the keys of each prefix symbols[..., :j + 1] padded with PAD (symbol 0, no term), the
+    last one the whole string's (string_keys)."""
     halves = [(symbols * powers[i]).cumsum(-1) % prime for i, prime in enumerate(_PRIMES)]
     return halves[0] * (1 << 31) + halves[1]
 
