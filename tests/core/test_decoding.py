@@ -9,7 +9,7 @@ from spellm_exp.config import HeadKind, HeadsConfig
 from spellm_exp.core.charset import EOS, PAD, Alphabet, CharsetKind
 from spellm_exp.core.decoding import Decoder, SpeLLMHead, TeacherHead, decode
 from spellm_exp.core.spellm import SpeLLM
-from spellm_exp.teachers import TINY_MODELS
+from spellm_exp.teachers import TINY_MODELS, load_teacher
 
 PROMPTS = ["The capital of France is", "Hello", "A much longer prompt, with several words in it"]
 LETTERS = Alphabet(CharsetKind.chars, tuple(" abcdefghijklmnopqrstuvwxyz"))
@@ -188,6 +188,24 @@ def test_a_shortlist_spellm_decodes_the_same_in_both_backends(tiny_teacher, rest
     assert eager.stats.strings == 30
 
 
+@pytest.mark.parametrize("rest_outside,context_tokens", [(1.0, False), (0.01, False), (1.0, True)])
+def test_a_prepared_shortlist_step_traces_as_one_graph(tiny_teacher, rest_outside, context_tokens):
+    """The compiled loop fuses the whole head step only without graph breaks: the shortlist's lookup indexes are
+    built by `prepare` (a traced step cannot compare data pointers to see whether they are stale)."""
+    torch.manual_seed(0)
+    spellm = SpeLLM.build(tiny_teacher("tiny_llama"), LETTERS, k=6, heads=HeadsConfig(
+        kind=HeadKind.shortlist, shortlist=64, rest_outside=rest_outside, context_tokens=context_tokens)).eval()
+    head = SpeLLMHead(spellm)
+    enc = spellm.tokenizer(PROMPTS, padding=True, padding_side="left", return_tensors="pt")
+    head.prepare(torch.device("cpu"))
+    head.begin(enc["input_ids"], enc["attention_mask"], steps=4)
+    hidden = torch.randn(len(PROMPTS), spellm.info.hidden_size)
+    pending = torch.full((len(PROMPTS), head.width), PAD, dtype=torch.long)
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(head.step)(hidden, pending)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
 def test_a_compiled_decoder_reuses_its_step_and_reads_in_chunks(tiny_teacher):
     spellm = _spellm_with_random_heads(tiny_teacher("tiny_llama"))
     eager = decode(spellm, PROMPTS, mode="free", max_new_tokens=6, stop=["e"])
@@ -199,6 +217,18 @@ def test_a_compiled_decoder_reuses_its_step_and_reads_in_chunks(tiny_teacher):
     assert len(decoder._compiled) == 1  # same batch and cache length: one static cache, one compiled step
     timed = decoder.generate(PROMPTS, max_new_tokens=50, ignore_eos=True, max_steps=5)
     assert timed.stats.steps == 5 and len(timed.stats.step_seconds) == 5
+
+
+def test_compiled_decoders_of_two_models_never_share_a_graph(tiny_teacher, cache_dir):
+    """The compiled steps skip the modules' guards, so each Decoder's step must hold its own graphs: a second model
+    that differs only in its parameters' shapes (a larger vocabulary) gets its own graph and its eager tokens."""
+    first = tiny_teacher("tiny_llama")
+    second = load_teacher(name="tiny_llama", cache_dir=cache_dir)  # a copy to change
+    second.model.resize_token_embeddings(second.model.config.vocab_size + 64)
+    for teacher in (first, second):
+        eager = decode(teacher, PROMPTS, mode="teacher", max_new_tokens=6)
+        compiled = decode(teacher, PROMPTS, mode="teacher", max_new_tokens=6, backend="compiled")
+        assert compiled.token_ids == eager.token_ids
 
 
 def test_an_unknown_backend_is_rejected(tiny_teacher):

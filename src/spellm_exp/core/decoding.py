@@ -25,6 +25,7 @@ Backends (`decode.backend`):
 from __future__ import annotations
 
 import time
+import types
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,7 +147,7 @@ class SpeLLMHead:
         self._seen_buffers: dict[tuple[int, int], SeenTokens] = {}
 
     def prepare(self, device: torch.device) -> None:
-        self.spellm.heads.pack_rows()
+        self.spellm.heads.prepare_decoding()
         if self.mode == "free" and (self.lookup is None or self.lookup.sorted_keys.device != device):
             self.lookup = VocabLookup(self.spelling).to(device)
 
@@ -382,9 +383,17 @@ class Decoder:
                 hidden, _ = run_backbone(self.causal_lm, ids.unsqueeze(1), mask, positions, cache, use_cache=True)
                 return self.head.step(hidden[:, -1], pending)
 
-            options = ({"backend": "cudagraphs"} if self.compiler == "cudagraphs" else
-                       {"backend": "inductor", "mode": "reduce-overhead" if self.device.type == "cuda" else None})
-            self._compiled[key] = (cache, torch.compile(step, dynamic=False, **options))
+            # No guards on the modules' attributes and parameters: checking them before every step costs about 1 ms
+            # on a CPU (for both heads). That is safe because a Decoder's model and head never change and this step
+            # is its own: dynamo keeps compiled graphs per code object, so each step gets a fresh copy of its code,
+            # and no other Decoder (another model of the same shapes) can ever run its graph.
+            step = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__, step.__defaults__,
+                                      step.__closure__)
+            options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+            if self.compiler == "inductor" and self.device.type == "cuda":
+                options["triton.cudagraphs"] = True  # what mode=reduce-overhead sets (mode excludes options)
+            backend = "cudagraphs" if self.compiler == "cudagraphs" else "inductor"
+            self._compiled[key] = (cache, torch.compile(step, dynamic=False, backend=backend, options=options))
         return self._compiled[key]
 
 

@@ -441,6 +441,11 @@ class OutputHeads(nn.Module):
         it did."""
         return False
 
+    def prepare_decoding(self) -> None:
+        """Before a decode loop's first step: pack the rows and build what the steps look up, so that a compiled
+        step finds it ready (`decoding.SpeLLMHead.prepare`)."""
+        self.pack_rows()
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -676,6 +681,8 @@ class ShortlistHeads(OutputHeads):
     def _rest_lookup(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(the rest's vocabulary strings R [|R|, k] sorted by key, their keys, their symbol matrix), rebuilt when
         the shortlist or the vocabulary changes."""
+        if torch.compiler.is_compiling() and self._rest_index is not None:
+            return self._rest_index  # built by prepare_decoding; a traced step cannot compare data pointers
         key = (self.strings.device, self.strings.data_ptr(), self.strings._version, self.vocab_strings.data_ptr())
         if self._rest_key != key:
             if self.vocab_strings.shape[0] == 0:
@@ -729,6 +736,8 @@ class ShortlistHeads(OutputHeads):
     def _lookup(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sorted string keys [L], their slots [L], the sparse symbol matrix [k*S, L]), rebuilt when the strings
         change (fit_vocabulary, loading a checkpoint) or move."""
+        if torch.compiler.is_compiling() and self._index is not None:
+            return self._index  # built by prepare_decoding; a traced step cannot compare data pointers
         key = (self.strings.device, self.strings.data_ptr(), self.strings._version)
         if self._index_key != key:
             keys = string_keys(self.strings, self.powers)
@@ -774,6 +783,12 @@ class ShortlistHeads(OutputHeads):
             return Shortlist(self, log_weights, rest)
         seen = log_weights[..., self.size + 1:]
         return Shortlist(self, log_weights[..., : self.size + 1], rest, self.context_weights(context, seen))
+
+    def prepare_decoding(self) -> None:
+        self.pack_rows()
+        self._lookup()
+        if self.rest_outside < 1:
+            self._rest_lookup()
 
     def pack_rows(self) -> bool:
         """Lay the list's rows, the gate's and the rest heads' (heads.rest=linear, no factored tail) out as one
