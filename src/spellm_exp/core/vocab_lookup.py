@@ -36,8 +36,9 @@ def hash_powers(k: int) -> torch.Tensor:
 
 
 def string_keys(symbols: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
-    """[..., k] symbol ids -> [...] int64 keys (two 31-bit polynomial hashes side by side)."""
-    return prefix_keys(symbols, powers)[..., -1]
+    """[..., k] symbol ids -> [...] int64 keys (two 31-bit polynomial hashes side by side); contiguous, as
+    `searchsorted` wants them (it would copy them itself, with a warning)."""
+    return prefix_keys(symbols, powers)[..., -1].contiguous()
 
 
 def prefix_keys(symbols: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
