@@ -32,17 +32,23 @@ def quality_gaps(results_dir: Path) -> pd.DataFrame:
 
 
 def tradeoff_frame(gaps: pd.DataFrame, bench: pd.DataFrame, device: str) -> pd.DataFrame:
-    """One row per SpeLLM of `gaps` that Table 2 timed on `device`: its gap and its step ratio at each batch size."""
+    """One row per SpeLLM of `gaps` that Table 2 timed on `device`: its gap and its step ratio at each batch size,
+    in the eager loop (`step ratio b=N`, every head type was timed there) and, where timed, the compiled one
+    (`compiled step ratio b=N`)."""
     if gaps.empty or bench.empty:
         return pd.DataFrame()
     timed = bench[bench["device"] == device]
-    if "loop" in timed:  # the loop every head type was timed in
-        timed = timed[timed["loop"] == "eager"]
+    if "loop" not in timed:
+        timed = timed.assign(loop="eager")
     if {"repeats", "date"} <= set(timed):  # records of one head type (e.g. two distillations of it): the most repeats
         timed = timed.sort_values(["repeats", "date"], ascending=False, kind="stable")
-    timed = timed.pivot_table(index=["model", "head_type"], columns="batch", values="ratio", aggfunc="first")
-    timed.columns = [f"step ratio b={batch}" for batch in timed.columns]
-    return gaps.join(timed, on=["model", "head_type"], how="inner").reset_index(drop=True)
+    frame = gaps
+    for loop, prefix in (("eager", ""), ("compiled", "compiled ")):
+        ratios = timed[timed["loop"] == loop].pivot_table(index=["model", "head_type"], columns="batch",
+                                                           values="ratio", aggfunc="first")
+        ratios.columns = [f"{prefix}step ratio b={batch}" for batch in ratios.columns]
+        frame = frame.join(ratios, on=["model", "head_type"], how="inner" if loop == "eager" else "left")
+    return frame.reset_index(drop=True)
 
 
 def plot_tradeoff(frame: pd.DataFrame, path: Path, device: str) -> None:
