@@ -19,8 +19,8 @@ Backends (`decode.backend`):
   `cudagraphs` (the traced step replayed as one CUDA graph, PyTorch's own kernels: seconds to build, which is
   what a bench over seven architectures can afford), `inductor` (generated, fused kernels; on a GPU in
   mode reduce-overhead, also a CUDA graph; minutes to build for large models), `auto`: cudagraphs on a GPU,
-  inductor on a CPU (where CUDA graphs do not exist).
-"""
+  inductor on a CPU (where CUDA graphs do not exist). The step is one graph (the heads' lookups are built before it
+  runs: `OutputHeads.prepare_decoding`), and it checks no guards on the modules (`Decoder._step_for`)."""
 
 from __future__ import annotations
 
