@@ -95,8 +95,10 @@ gpu-bundle: setup
 QUICK_RUN := outputs/train/smollm2_k16_quick
 distill: $(QUICK_RUN)/summary.json
 
+# an interrupted attempt (its run.json, no summary yet) is resumed, not refused
 $(QUICK_RUN)/summary.json: | setup
-	$(PY) -m spellm_exp.train experiment=smollm2_k16 profile=quick hydra.run.dir=$(QUICK_RUN)
+	$(PY) -m spellm_exp.train experiment=smollm2_k16 profile=quick hydra.run.dir=$(QUICK_RUN) \
+		$$(test -f $(QUICK_RUN)/run.json && echo ckpt_path=last)
 
 reproduce-table1: setup
 	$(PY) -m spellm_exp.table1 profile=quick

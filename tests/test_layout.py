@@ -8,7 +8,7 @@ import spellm_exp
 
 PACKAGE = Path(spellm_exp.__file__).parent
 # the stages, lowest first; a module may import its own stage and the ones before it
-STAGES = [("config", "provenance"), ("teachers",), ("core",), ("data",), ("training", "evaluation", "benchmarks"),
+STAGES = [("config", "provenance", "errors"), ("teachers",), ("core",), ("data",), ("training", "evaluation", "benchmarks"),
           ("experiments",), ("reporting",), ("cli",)]
 RANK = {stage: rank for rank, names in enumerate(STAGES) for stage in names}
 SHIM_LINES = 12  # `python -m spellm_exp.<command>` shims: a docstring, one import, the __main__ call

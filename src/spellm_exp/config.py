@@ -443,10 +443,11 @@ def register_configs() -> None:
     for name, schema in COMMAND_SCHEMAS.items():
         store.store(name=f"{name}_schema", node=schema)
     store.store(name="sweep_schema", node=SweepConfig, package="sweep")  # sweep.yaml = train.yaml + this node
-    store.store(group="model", name="model_schema", node=ModelConfig)
-    store.store(group="charset", name="charset_schema", node=CharsetConfig)
-    store.store(group="heads", name="heads_schema", node=HeadsConfig)
-    store.store(group="data", name="data_schema", node=DataConfig)
+    # outside the groups, so that `model=model_schema` is not offered as a model: each group file extends its
+    # schema with `- /<group>_schema@_here_`
+    for group, schema in (("model", ModelConfig), ("charset", CharsetConfig), ("heads", HeadsConfig),
+                          ("data", DataConfig)):
+        store.store(name=f"{group}_schema", node=schema)
 
 
 def compose_config(name: str, overrides: list[str] | tuple[str, ...] = (), with_hydra: bool = False):

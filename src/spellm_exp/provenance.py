@@ -52,6 +52,23 @@ def code_version(repo: Path | None = None) -> str:
     return f"{sha}-{hashlib.sha256(diff).hexdigest()[:12]}"
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parent
+TRAINING_STAGES = ("core", "teachers", "data", "training")  # what a distilled SpeLLM depends on
+SHARED_MODULES = ("config.py", "errors.py")  # the schemas (and their defaults) every stage reads
+
+
+@functools.cache
+def stage_code_version(stages: tuple[str, ...] = TRAINING_STAGES) -> str:
+    """A digest of the source of the package's stage folders `stages` and of its shared modules: what decides a
+    result those stages make. Unlike the commit SHA it does not change when other code, tests or docs do, and it
+    needs no git (an installed copy or the GPU bundle gets the same digest for the same code)."""
+    digest = hashlib.sha256()
+    files = [path for stage in stages for path in sorted((PACKAGE_ROOT / stage).rglob("*.py"))]
+    for path in [*files, *(PACKAGE_ROOT / name for name in SHARED_MODULES)]:
+        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def device_name(device: torch.device | str = "cpu") -> str:
     device = torch.device(device)
     if device.type == "cuda":

@@ -162,6 +162,8 @@ def test_evaluate_writes_results_samples_and_metrics(tmp_path, cache_dir):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["spellm_exp"]["variant"] == "teacher" and "git_sha" in results["spellm_exp"]["provenance"]
     assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 6
+    assert "fatal: not a git repository" not in result.stderr  # lm-eval's `git describe` in a cwd outside git
+    assert results["git_hash"] == results["spellm_exp"]["provenance"]["git_sha"]  # our code's commit instead
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -172,6 +174,30 @@ def test_evaluate_writes_results_samples_and_metrics(tmp_path, cache_dir):
 def test_evaluate_bad_input_fails_with_the_fix(overrides, message, tmp_path):
     result = _run("spellm_exp.evaluate", *overrides, cwd=tmp_path)
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_evaluate_a_broken_checkpoint_fails_in_one_line_naming_the_file(tmp_path, tiny_teacher):
+    from spellm_exp.core.charset import Alphabet
+    from spellm_exp.core.spellm import SpeLLM
+
+    SpeLLM.build(tiny_teacher("tiny_llama"), Alphabet.ascii_(), k=4).save(tmp_path / "run" / "spellm")
+    (tmp_path / "run" / "spellm" / "spellm.json").write_text("")
+    result = _run("spellm_exp.evaluate", f"run_dir={tmp_path}/run", "tasks=[arc_easy]", "limit=2", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "spellm.json is not valid JSON" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "eval").exists()
+
+
+def test_a_missing_model_folder_fails_in_one_line(tmp_path):
+    result = _run("spellm_exp.describe", "model=local", "model.path=/nonexistent", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "model.path=/nonexistent does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_schemas_are_not_choices_of_their_config_groups(tmp_path):
+    for group in ("model", "charset", "heads", "data"):
+        result = _run("spellm_exp.train", "--cfg", "job", f"{group}={group}_schema", cwd=tmp_path)
+        assert result.returncode != 0 and f"Could not find '{group}/{group}_schema'" in result.stderr
 
 
 # every command the README documents: (module, the config key that `--cfg job` must show)

@@ -160,3 +160,29 @@ def test_default_attention_is_sdpa_where_supported_and_eager_where_not():
     forced = loader._model_kwargs(ModelConfig(attn_implementation="sdpa"))
     with pytest.raises(ValueError, match="does not support an attention implementation through"):
         AutoModelForCausalLM.from_config(Gemma2Config(**tiny), **forced)
+
+
+def test_a_local_path_that_does_not_exist_is_named_as_a_missing_folder(tmp_path):
+    for path in ("/nonexistent", str(tmp_path / "absent"), "./relative/folder", "~/no/such/model"):
+        with pytest.raises(TeacherConfigError, match=rf"model.path={path} does not exist; give the folder of a model "
+                                                     r"\(a model folder holds config.json"):
+            load_teacher(ModelConfig(name="local", path=path))
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(TeacherConfigError, match=r"is a file, not a folder"):
+        load_teacher(ModelConfig(name="local", path=str(tmp_path / "weights.bin")))
+
+
+def test_an_empty_or_incomplete_model_folder_names_what_a_model_folder_holds(tiny_teacher, tmp_path):
+    with pytest.raises(TeacherConfigError, match=r"has no config.json; a model folder holds config.json, the weights"):
+        load_teacher(ModelConfig(name="local", path=str(tmp_path)))
+    tiny_teacher("tiny_llama").model.config.save_pretrained(tmp_path)  # a config, but no tokenizer nor weights
+    with pytest.raises(TeacherConfigError, match=rf"model.path={tmp_path} does not load \(.*\); a model folder holds"):
+        load_teacher(ModelConfig(name="local", path=str(tmp_path)))
+
+
+def test_a_saved_model_folder_loads_by_path(tiny_teacher, tmp_path):
+    teacher = tiny_teacher("tiny_llama")
+    teacher.model.save_pretrained(tmp_path)
+    teacher.tokenizer.save_pretrained(tmp_path)
+    loaded = load_teacher(ModelConfig(name="local", path=str(tmp_path)))
+    torch.testing.assert_close(_logits(loaded.model, loaded.tokenizer), _logits(teacher.model, teacher.tokenizer))

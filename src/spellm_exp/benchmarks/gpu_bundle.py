@@ -25,6 +25,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import spellm_exp
+from spellm_exp.errors import SpellmError
 from spellm_exp.data.corpus import corpus_texts
 from spellm_exp.provenance import provenance
 from spellm_exp.teachers.registry import MODELS
@@ -36,7 +37,7 @@ MAX_BYTES = 64 * 2**20  # what a GPU machine's working tree may carry
 PROMPT_PASSAGES = 64  # of over 1,000 characters: prompts of a few hundred tokens, batches up to 64
 
 
-class BundleError(RuntimeError):
+class BundleError(SpellmError, RuntimeError):
     """The bundle cannot be written as asked."""
 
 

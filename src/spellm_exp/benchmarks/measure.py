@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 
 import torch
+from spellm_exp.errors import SpellmError
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class BenchConfigError(ValueError):
+class BenchConfigError(SpellmError, ValueError):
     """A bench config that cannot run; raised before any model loads."""
 
 

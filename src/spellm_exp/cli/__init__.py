@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from spellm_exp.config import register_configs
+from spellm_exp.errors import SpellmError
 from spellm_exp.provenance import command_line
 
 register_configs()  # before any entry point composes its config
@@ -22,12 +23,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger(__name__)
 
 
+TRACEBACK_SWITCH = "SPELLM_TRACEBACK"  # =1: a command's own errors end in their traceback too (debugging)
+
+
 @contextmanager
 def exit_on(*errors: type[Exception]) -> Iterator[None]:
-    """Bad input ends the command with a one-line message naming the fix (exit status 1), not a traceback."""
+    """Bad input ends the command with a one-line message naming the fix (exit status 1), not a traceback: the
+    project's own errors (spellm_exp.errors.SpellmError) always, and the other `errors` named."""
     try:
         yield
-    except errors as err:
+    except (SpellmError, *errors) as err:
+        if os.environ.get(TRACEBACK_SWITCH) == "1":
+            raise
         raise SystemExit(f"error: {err}") from None
 
 

@@ -28,10 +28,10 @@ def main(cfg: DictConfig) -> None:
         if cfg.run_dir and not Path(cfg.run_dir).exists():
             raise SpeLLMEvalError(f"run_dir={cfg.run_dir} does not exist; give a training run folder.")
         lm = build_lm(cfg)
-    out_dir = (Path(cfg.run_dir) / "eval" / cfg.variant if cfg.run_dir
-               else Path(HydraConfig.get().runtime.output_dir))
-    config = {**OmegaConf.to_container(cfg, resolve=True), "command": command_line("spellm_exp.evaluate")}
-    results = evaluate_lm(lm, tasks, out_dir, cfg.num_fewshot, cfg.limit, config)
+        out_dir = (Path(cfg.run_dir) / "eval" / cfg.variant if cfg.run_dir
+                   else Path(HydraConfig.get().runtime.output_dir))
+        config = {**OmegaConf.to_container(cfg, resolve=True), "command": command_line("spellm_exp.evaluate")}
+        results = evaluate_lm(lm, tasks, out_dir, cfg.num_fewshot, cfg.limit, config)
     for task, metrics in results["results"].items():
         log.info("%s: %s", task, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
 

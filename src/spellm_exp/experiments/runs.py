@@ -6,18 +6,19 @@ import json
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from spellm_exp.config import CharsetKind, compose_config
-from spellm_exp.core.charset import Alphabet
+from spellm_exp.config import compose_config
 from spellm_exp.core.spellm import META_FILE
+from spellm_exp.errors import SpellmError
 from spellm_exp.training.distill import distil
+from spellm_exp.training.run_folder import FINISHED, RUN_FILE, differences, read_run, run_identity, shown
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(SpellmError, ValueError):
     """A finished run folder whose SpeLLM is not the one the config asks for."""
 
 
@@ -25,38 +26,37 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / SUMMARY_FILE).exists() and (run_dir / "spellm" / META_FILE).exists()
 
 
-def _charset_identity(charset: dict) -> dict:
-    """What of a charset config decides the alphabet: its kind, size and whether it escapes, by the alphabet's
-    own rule (bytes never does; runs written before `escape` existed did not)."""
-    kind = CharsetKind(charset["kind"])
-    escape = Alphabet(kind, (), bool(charset.get("escape", False))).escape
-    return {"escape": escape, "kind": kind.value, "size": charset["size"]}
-
-
-def check_same_output_layer(summary: dict, cfg: DictConfig, run_dir: Path) -> None:
-    """A finished run is reused only for the alphabet and k it was distilled with; anything else fails here,
-    before any evaluation, and says what to do."""
-    stored = summary.get("provenance", {}).get("config", {})
-    for key in ("charset", "k"):
-        had, wanted = stored.get(key), cfg[key]
-        if key == "charset" and had is not None:
-            had, wanted = _charset_identity(had), _charset_identity(OmegaConf.to_container(wanted, resolve=True))
-        if had is not None and had != wanted:
-            raise RunMismatchError(
-                f"{run_dir} holds a SpeLLM distilled with {key}={had}, but this config asks for {key}={wanted}. "
-                f"Move or delete that folder to distil a new one, or set paths.output_dir to another folder.")
+def check_same_run(run_dir: Path, cfg: DictConfig) -> None:
+    """A finished run is reused only when what decides its SpeLLM is what `cfg` asks for: the resolved training
+    config (head settings, data, steps, seed, teacher, alphabet, k) and the code of the stages it ran
+    (training.run_folder.run_identity); anything else fails here, before any evaluation, naming what differs."""
+    record, wanted = read_run(run_dir), run_identity(cfg)
+    fix = (f"Move or delete {run_dir} to distil it again with this config, or set paths.output_dir to another "
+           "folder.")
+    if record is None:
+        raise RunMismatchError(f"{run_dir} holds a run without a {RUN_FILE} (written before run records existed), "
+                               f"so nothing shows which config and code made it. {fix}")
+    if record.get("status") != FINISHED:
+        raise RunMismatchError(f"{run_dir} holds a run whose {RUN_FILE} says '{record.get('status')}', not "
+                               f"'{FINISHED}'. {fix}")
+    changed = differences(record["config"], wanted["config"])
+    if record.get("code") != wanted["code"]:
+        changed.append(f"the code of {'/'.join(wanted['code']['stages'])}: "
+                       f"{(record.get('code') or {}).get('digest')} -> {wanted['code']['digest']}")
+    if changed:
+        raise RunMismatchError(f"{run_dir} holds a SpeLLM distilled otherwise than this config asks "
+                               f"({shown(changed)}). {fix}")
 
 
 def reuse_resume_or_distil(cfg: DictConfig, run_dir: Path) -> dict:
-    """The training summary of the run in `run_dir`: read back when it finished, else distilled now as `cfg`
-    says, going on from its last checkpoint when an earlier attempt was interrupted."""
+    """The training summary of the run in `run_dir`: read back when it finished with this config and code, else
+    distilled now as `cfg` says, going on from where an earlier attempt of this same run stopped."""
     if is_finished(run_dir):
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-        check_same_output_layer(summary, cfg, run_dir)
+        check_same_run(run_dir, cfg)
         log.info("reusing %s", run_dir)
-        return summary
-    if (run_dir / "checkpoints" / "last.ckpt").exists():
-        cfg = cfg.copy()
+        return json.loads((run_dir / SUMMARY_FILE).read_text())
+    if read_run(run_dir) is not None or (run_dir / "checkpoints" / "last.ckpt").exists():
+        cfg = cfg.copy()  # an interrupted attempt: resumed if it is this run (training.run_folder checks)
         with open_dict(cfg):
             cfg.ckpt_path = "last"
     log.info("distilling into %s", run_dir)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from spellm_exp.config import DataConfig, HeadKind
-from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder
+from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder, read_meta
 from spellm_exp.data.datamodule import DistillDataModule
 from spellm_exp.experiments.list_rank import FITS, ListScores, hidden_states, rank_rows
 from spellm_exp.provenance import provenance
@@ -25,7 +24,7 @@ def shortlist_folder(name: str, checkpoint: str) -> Path:
     if folder is None:
         raise ValueError(f"models.{name}.checkpoint={checkpoint}: no SpeLLM checkpoint there ({META_FILE} in it or "
                          "in its spellm/ folder); distil it first (make reproduce-table1) or point at another run.")
-    kind = json.loads((folder / META_FILE).read_text()).get("heads", {}).get("kind", HeadKind.linear.value)
+    kind = read_meta(folder).get("heads", {}).get("kind", HeadKind.linear.value)
     if kind != HeadKind.shortlist.value:
         raise ValueError(f"models.{name}.checkpoint={checkpoint}: its heads are '{kind}'; a list rank needs "
                          "heads=shortlist.")

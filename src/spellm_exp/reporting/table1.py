@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from spellm_exp.config import compose_config
 from spellm_exp.core.heads import heads_label
-from spellm_exp.core.spellm import META_FILE, SpeLLM
+from spellm_exp.core.spellm import SpeLLM, read_meta
 from spellm_exp.data.corpus import ANSWERED_TASKS
 from spellm_exp.evaluation.harness import SpeLLMHarnessLM
 from spellm_exp.evaluation.metrics import harness_results
@@ -109,7 +109,7 @@ def _score_run(scoring: Scoring, run: RowRun, score_teacher: bool) -> dict:
     eval_dir = run_dir / "eval" / f"table1-{cfg.profile}"
     teacher_row = {"model": spellm.info.description}
     if score_teacher:
-        frozen = json.loads((run_dir / "spellm" / META_FILE).read_text())["backbone"] == "frozen"
+        frozen = read_meta(run_dir / "spellm")["backbone"] == "frozen"
         teacher = None if frozen else load_teacher(spellm.teacher_config)  # a trained backbone is not it
         lm = SpeLLMHarnessLM(variant="teacher", spellm=None if teacher else spellm, teacher=teacher, **common)
         evaluate_or_reuse(lm, tasks, eval_dir / "teacher", cfg.num_fewshot, limit, run.teacher_settings, config)

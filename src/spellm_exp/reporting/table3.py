@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from spellm_exp.errors import SpellmError
 from spellm_exp.evaluation.metrics import harness_results
 from spellm_exp.experiments.jobs import BENCH_FILE, EVAL_FOLDER, JOB_FILE
 from spellm_exp.experiments.sweep import job_metrics
@@ -29,7 +30,7 @@ TEACHER_FOLDER = "teacher"
 _HEAD_AGREEMENT = re.compile(r"val/head(\d+)/agree_teacher$")
 
 
-class JobError(ValueError):
+class JobError(SpellmError, ValueError):
     """A job folder that cannot be aggregated; the message says which file and why."""
 
 

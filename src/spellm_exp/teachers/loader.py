@@ -18,6 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from spellm_exp.errors import SpellmError
 from spellm_exp.config import Init, ModelConfig
 from spellm_exp.teachers.architectures import REAL_SIZE, tiny_config
 from spellm_exp.teachers.gguf_cache import MARKER, converted_model_folder
@@ -42,7 +43,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "spellm_exp"
 LOCAL = "local"  # the config name for any folder or hub id given by model.path
 
 
-class TeacherConfigError(ValueError):
+class TeacherConfigError(SpellmError, ValueError):
     """A model config that cannot load; the message names the fix."""
 
 
@@ -110,6 +111,28 @@ def _check_hub_id(repo_id: str, name: str) -> None:
         raise TeacherConfigError(f"Cannot reach the hub checkpoint '{repo_id}' ({err}). {hint}") from err
 
 
+MODEL_FOLDER = ("a model folder holds config.json, the weights (*.safetensors or *.bin) and the tokenizer "
+                "(tokenizer.json, or tokenizer.model with tokenizer_config.json), as save_pretrained writes them")
+
+
+def _looks_like_a_folder(path: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else (absolute, ~, ./, deeper) can only be a folder."""
+    return Path(path).is_absolute() or path.startswith(("~", ".")) or path.count("/") > 1
+
+
+def _check_path(path: str, name: str) -> None:
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise TeacherConfigError(f"model.path={path} has no config.json; {MODEL_FOLDER}.")
+    elif folder.exists() or _looks_like_a_folder(path):
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise TeacherConfigError(f"model.path={path} {what}; give the folder of a model ({MODEL_FOLDER}), or a "
+                                 "hub id org/name.")
+    else:
+        _check_hub_id(path, name)
+
+
 def check_model_config(cfg: ModelConfig) -> None:
     """Every check that needs no weights: unknown names, missing packages, unreachable hub ids."""
     if cfg.dtype not in DTYPES:
@@ -119,8 +142,7 @@ def check_model_config(cfg: ModelConfig) -> None:
     spec = _spec(cfg)
     try:
         if cfg.path:
-            if not Path(cfg.path).expanduser().is_dir():
-                _check_hub_id(cfg.path, cfg.name)
+            _check_path(cfg.path, cfg.name)
         elif spec.tiny or Init(cfg.init) is Init.random:
             if not spec.tiny and spec.architecture is None:
                 raise TeacherConfigError(f"Model '{cfg.name}' has no built-in architecture for model.init=random.")
@@ -176,10 +198,14 @@ def _build(cfg: ModelConfig, spec: ModelSpec) -> tuple[PreTrainedModel, PreTrain
     random_init = Init(cfg.init) is Init.random
     if cfg.path:
         path = str(Path(cfg.path).expanduser()) if Path(cfg.path).expanduser().is_dir() else cfg.path
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if random_init:
-            return _random_model(AutoConfig.from_pretrained(path), cfg), tokenizer, ORIGIN_RANDOM, path, path
-        model = AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(cfg))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            if random_init:
+                return _random_model(AutoConfig.from_pretrained(path), cfg), tokenizer, ORIGIN_RANDOM, path, path
+            model = AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(cfg))
+        except (OSError, ValueError, KeyError) as err:  # what transformers raises for missing or foreign files
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TeacherConfigError(f"model.path={cfg.path} does not load ({first}); {MODEL_FOLDER}.") from err
         origin = _folder_origin(Path(path)) if Path(path).is_dir() else ORIGIN_PRETRAINED
         return model, tokenizer, origin, path, path
     if spec.tiny:

@@ -7,11 +7,12 @@ modules import things we do not install, so we find their folders without import
 from __future__ import annotations
 
 import importlib.util
+from spellm_exp.errors import SpellmError
 from dataclasses import dataclass
 from pathlib import Path
 
 
-class MissingPackageError(RuntimeError):
+class MissingPackageError(SpellmError, RuntimeError):
     """An offline asset package is not installed; the message says how to install it."""
 
 

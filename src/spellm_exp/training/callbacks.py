@@ -1,12 +1,16 @@
-"""Lightning callbacks: export the SpeLLM checkpoint of method.md during and after training, and check
-that the replicas of a data-parallel run ended with the same weights."""
+"""Lightning callbacks: export the SpeLLM checkpoint of method.md during and after training, check that the
+replicas of a data-parallel run ended with the same weights, count a run's seconds across resumes, and a
+progress bar that does not announce an epoch count a step-limited run does not have."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.strategies import DDPStrategy
 
 from spellm_exp.training.distributed import full_weights
@@ -62,3 +66,51 @@ class ReplicaCheck(Callback):
         gathered = trainer.strategy.all_gather(digests) if trainer.world_size > 1 else digests.unsqueeze(0)
         spread = (gathered - gathered[0]).abs().max().item()
         self.report = {"world_size": trainer.world_size, "max_digest_diff": spread}
+
+
+class TrainingClock(Callback):
+    """The seconds a run has taken, its interrupted attempts included: each checkpoint stores the seconds so far,
+    and a run resumed from it goes on counting from there (the time after an attempt's last checkpoint is not
+    in the result, and not counted)."""
+
+    def __init__(self):
+        self.started, self.earlier = time.perf_counter(), 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.earlier + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.earlier = float(state_dict["seconds"])
+
+
+class FlushLogsAtCheckpoints(Callback):
+    """Writes the loggers' buffered rows out once a checkpoint's step has been logged (Lightning flushes every
+    100 steps): a run killed after a checkpoint has every row up to it on disk, and its resume adds the rest."""
+
+    def __init__(self, every_n_train_steps: int):
+        self.every = every_n_train_steps
+
+    def on_train_batch_start(self, trainer: Trainer, *args) -> None:
+        if self.every and trainer.global_step and trainer.global_step % self.every == 0:
+            for logger in trainer.loggers:
+                logger.save()
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich bar, without the "/-2" it appends to the epoch of a run limited by steps
+    (trainer.max_epochs=-1): the bar's own count already shows the steps."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = f"Epoch {current_epoch}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            description += f"/{self.trainer.max_epochs - 1}"
+        return f"{description:{len(self.validation_description)}}"
+
+
+def progress_bars(enabled: bool) -> list[Callback]:
+    """The bar Lightning would pick (rich when it is installed), as StepProgressBar; none when disabled."""
+    return [StepProgressBar()] if enabled and _RICH_AVAILABLE else []

@@ -9,16 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
+import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from spellm_exp.errors import SpellmError
 from spellm_exp.config import (
     CharsetConfig,
     DataConfig,
@@ -47,20 +50,34 @@ from spellm_exp.core.heads import (
     settings_dict,
 )
 from spellm_exp.core.losses import resolve_objective, token_samples
-from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder, model_config_dict
+from spellm_exp.core.spellm import META_FILE, CheckpointError, SpeLLM, checkpoint_folder, model_config_dict
 from spellm_exp.data.datamodule import DistillDataModule, check_data_config
 from spellm_exp.data.features import FeatureStore, TargetStore, feature_key
 from spellm_exp.provenance import provenance
 from spellm_exp.teachers import TeacherConfigError, check_model_config, load_teacher
-from spellm_exp.training.callbacks import ReplicaCheck, SpeLLMExport
+from spellm_exp.training.callbacks import (
+    FlushLogsAtCheckpoints,
+    ReplicaCheck,
+    SpeLLMExport,
+    TrainingClock,
+    progress_bars,
+)
 from spellm_exp.training.distributed import check_launch
-from spellm_exp.training.loggers import build_loggers
-from spellm_exp.training.module import DistillModule, exact_rest_tokens
+from spellm_exp.training.loggers import ResumableCSVLogger, build_loggers
+from spellm_exp.training.module import DistillModule, DivergedError, exact_rest_tokens
+from spellm_exp.training.run_folder import (
+    DIVERGED,
+    FINISHED,
+    RUN_FILE,
+    RUN_OUTPUTS,
+    claimed_run_folder,
+    write_run,
+)
 
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(SpellmError, ValueError):
     """A run config that cannot work; raised before anything heavy loads."""
 
 
@@ -137,12 +154,55 @@ def check_heads_config(heads: HeadsConfig, loss: LossConfig, objective: str) -> 
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The Lightning checkpoint to go on from: `ckpt_path`, or for `last` the run folder's own. A run that stopped
+    before its first checkpoint starts again from step 0 in its folder (its partial outputs cleared)."""
     if cfg.ckpt_path != "last":
         return cfg.ckpt_path
     last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.exists():
-        raise ConfigError(f"ckpt_path=last found no {last}; resume with hydra.run.dir=<the interrupted run's folder>.")
-    return str(last)
+    if last.exists():
+        return str(last)
+    partial = [name for name in RUN_OUTPUTS if name != RUN_FILE and (run_dir / name).exists()]
+    if partial and rank_zero_only.rank == 0:  # (the other ranks start once rank 0 is training)
+        log.info("%s: no checkpoint yet; starting this run again from step 0 (clearing %s)", run_dir, partial)
+        for name in partial:
+            shutil.rmtree(run_dir / name) if (run_dir / name).is_dir() else (run_dir / name).unlink()
+    return None
+
+
+def checkpoint_step(path: str, module: DistillModule) -> int:
+    """The step of the Lightning checkpoint to resume from, checked to be this run's: one of another run (another
+    k, alphabet or head type) fails here with one line, not with a state-dict size mismatch inside Lightning."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        state, step = checkpoint["state_dict"], int(checkpoint["global_step"])
+    except Exception as err:  # a truncated or foreign file: pickle, zip and key errors alike
+        raise CheckpointError(f"ckpt_path: {path} is not a readable Lightning checkpoint ({err}); resume from "
+                              "another checkpoint, or distil again without ckpt_path.") from None
+    own = {name: p.shape for name, p in module.named_parameters() if p.requires_grad}
+    wrong = [f"{name} {tuple(state[name].shape)} (this run: {tuple(shape)})" for name, shape in own.items()
+             if name in state and state[name].shape != shape]
+    missing = [name for name in own if name not in state]
+    if wrong or missing:
+        raise CheckpointError(
+            f"ckpt_path: {path} was written by another run: " + "; ".join(
+                ([f"other shapes: {', '.join(wrong[:3])}"] if wrong else [])
+                + ([f"it lacks {', '.join(missing[:3])}"] if missing else []))
+            + ". Resume with that run's own overrides (k, charset, heads), or distil again without ckpt_path.")
+    return step
+
+
+def _write_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
+    """What Hydra writes into a job's folder (.hydra/: config, hydra, overrides), written once the run holds the
+    folder (train.yaml turns Hydra's own writing off, which happens before any check); only when `run_dir` is
+    the running Hydra job's own folder."""
+    if not HydraConfig.initialized() or Path(HydraConfig.get().runtime.output_dir).resolve() != run_dir.resolve():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = run_dir / ".hydra"
+    folder.mkdir(exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)}), folder / "hydra.yaml")
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
@@ -167,15 +227,33 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
 
 
 def distil(cfg: DictConfig, run_dir: Path) -> dict:
-    """Distil as `cfg` says, writing into `run_dir`; returns the summary."""
+    """Distil as `cfg` says, writing into `run_dir` (which this run holds while it writes: training.run_folder);
+    returns the summary. A diverged run (a non-finite loss) raises DivergedError and leaves no SpeLLM export."""
     check_train_config(cfg)
+    with claimed_run_folder(run_dir, cfg, resume=cfg.ckpt_path == "last") as record:
+        if rank_zero_only.rank == 0:
+            _write_hydra_files(cfg, run_dir)
+        try:
+            summary = _distil(cfg, run_dir)
+        except DivergedError:
+            if rank_zero_only.rank == 0:
+                shutil.rmtree(run_dir / "spellm", ignore_errors=True)  # an earlier export is not this run's result
+                write_run(run_dir, {**record, "status": DIVERGED})
+            raise
+        if rank_zero_only.rank == 0:
+            write_run(run_dir, {**record, "status": FINISHED, "seconds": summary["seconds"]})
+    return summary
+
+
+def _distil(cfg: DictConfig, run_dir: Path) -> dict:
     ckpt_path = _resume_path(cfg, run_dir)
-    started, started_provenance = time.perf_counter(), provenance(OmegaConf.to_container(cfg, resolve=True))
+    started_provenance = provenance(OmegaConf.to_container(cfg, resolve=True))
     every = cfg.checkpoint.every_n_train_steps
-    replicas = ReplicaCheck()
+    replicas, clock = ReplicaCheck(), TrainingClock()
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1,
                                  every_n_train_steps=every),
-                 SpeLLMExport(run_dir / "spellm", every_n_train_steps=every), replicas]
+                 SpeLLMExport(run_dir / "spellm", every_n_train_steps=every), replicas, clock,
+                 FlushLogsAtCheckpoints(every), *progress_bars(cfg.trainer.enable_progress_bar)]
     trainer = build_trainer(cfg, run_dir, callbacks)
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -206,6 +284,11 @@ def distil(cfg: DictConfig, run_dir: Path) -> dict:
     features = feature_store(cfg, teacher, datamodule) if train_cfg.cache_features else None
     targets = target_store(features, spellm, loss_cfg, datamodule) if train_cfg.cache_targets else None
     module = DistillModule(spellm, train_cfg, loss_cfg, features, targets)
+    if ckpt_path is not None:
+        step = checkpoint_step(ckpt_path, module)
+        for logger in trainer.loggers:
+            if isinstance(logger, ResumableCSVLogger):
+                logger.keep_rows_before(step)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.global_step == 0:  # trainer.max_steps=0: the starting heads (train.init_from's) as this config sets them
         callbacks[1].export(trainer, module)
@@ -222,7 +305,7 @@ def distil(cfg: DictConfig, run_dir: Path) -> dict:
         "coverage": coverage,
         "steps": trainer.global_step,
         "tokens_seen": trainer.global_step * blocks_per_step * data_cfg.block_size,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(clock.seconds, 1),  # the run's interrupted attempts included
         "val": metrics,
         "devices": {"accelerator": type(trainer.accelerator).__name__, "strategy": type(trainer.strategy).__name__,
                     "world_size": trainer.world_size, "precision": trainer.precision},

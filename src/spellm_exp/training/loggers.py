@@ -4,13 +4,16 @@ between the jobs of a multirun."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 import sys
 from pathlib import Path
 
 from hydra.utils import get_method
-from lightning.pytorch.loggers import WandbLogger
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
 from spellm_exp.config import CharsetConfig, typed
@@ -37,6 +40,46 @@ def wandb_logger(save_dir: str, project: str, offline: bool | None = None, **kwa
     if offline is None:
         offline = not has_wandb_credentials()
     return WandbLogger(save_dir=save_dir, project=project, offline=offline, **kwargs)
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that a resumed run keeps the rows its interrupted attempt logged before the
+    checkpoint it resumes from (Lightning's deletes the whole file); the rows after it are logged again."""
+
+    def __init__(self, log_dir: str, keep_before: int | None):
+        self.keep_before = keep_before
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if self.keep_before is None or not self._fs.isfile(self.metrics_file_path):
+            return super()._check_log_dir_exists()
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            reader = csv.DictReader(file)
+            keys = list(reader.fieldnames or [])
+            kept = [row for row in reader if row.get("step") and float(row["step"]) < self.keep_before]
+        with self._fs.open(self.metrics_file_path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(kept)
+        self.metrics_keys = sorted(keys)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """conf/logger/csv.yaml: Lightning's CSVLogger whose metrics.csv survives a resume (`keep_rows_before`)."""
+
+    resumed_at: int | None = None
+
+    def keep_rows_before(self, step: int) -> None:
+        """This run resumes from the checkpoint of `step`: keep the rows logged before it."""
+        self.resumed_at = step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(log_dir=self.log_dir, keep_before=self.resumed_at)
+        return self._experiment
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:

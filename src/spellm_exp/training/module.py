@@ -36,7 +36,19 @@ from spellm_exp.core.losses import (
 )
 from spellm_exp.core.spellm import SpeLLM
 from spellm_exp.data.features import FeatureStore, TargetStore
+from spellm_exp.errors import SpellmError
 from spellm_exp.training.distributed import check_same_on_every_rank
+
+
+class DivergedError(SpellmError, RuntimeError):
+    """A training loss that is not a finite number: the run stops, and nothing of it is exported."""
+
+
+def nonfinite_parts(parts) -> list[str]:
+    """The names of the loss parts (core.losses.LossParts) that are NaN or infinite."""
+    named = {"kl": parts.kl, "kl_per_head": parts.kl_per_head, "ce": parts.ce,
+             "token_kl": parts.token_kl}
+    return [name for name, value in named.items() if value is not None and not bool(torch.isfinite(value).all())]
 
 
 def exact_rest_tokens(spellm: SpeLLM, loss: LossConfig) -> torch.Tensor | None:
@@ -79,6 +91,7 @@ class DistillModule(LightningModule):
         self.register_buffer("spelling_matrix", spelling_matrix(self.table, spellm.alphabet.size), persistent=False)
         self.register_buffer("rest_tokens", exact_rest_tokens(spellm, loss), persistent=False)
         self._batch_started = 0.0
+        self._last_parts = None  # the last training step's loss parts: what to name when the loss diverged
         self._val_chars_counts = torch.zeros(2, spellm.k)  # (agreements, positions) per head, per validation
 
     @property
@@ -158,6 +171,8 @@ class DistillModule(LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         parts, student, targets, target_ids, teacher_hidden, teacher_lm = self.loss_parts(batch["ids"], batch["index"])
+        if stage == "train":
+            self._last_parts = parts
         with torch.no_grad():
             log_p = student.marginal_log_probs().detach().float()  # [N, k, |Sigma|]
         self._log_metrics(stage, parts, log_p, targets, target_ids, batch["ids"].shape[0])
@@ -231,7 +246,24 @@ class DistillModule(LightningModule):
                  batch_size=batch_size, sync_dist=not on_step)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        self._stop_if_diverged(loss)
+        return loss
+
+    def _stop_if_diverged(self, loss: torch.Tensor) -> None:
+        """A NaN or infinite loss ends the run before its backward pass can write NaN into the heads; every
+        rank decides together (one rank raising alone would leave the others waiting in an all-reduce)."""
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        parts = ", ".join(nonfinite_parts(self._last_parts)) or "none here: another rank's"
+        raise DivergedError(
+            f"training diverged at step {self.trainer.global_step}: the loss is not finite (train/loss = "
+            f"{loss.item()}; non-finite parts: {parts}); nothing was exported. Lower train.lr (now "
+            f"{self.train_cfg.lr:g}) or loss.temperature, or check the teacher's logits, and distil again in a "
+            "new folder.")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
