@@ -15,6 +15,7 @@ from spellm_exp.reporting.table3 import (
     JobError,
     alphabet_label,
     collect,
+    job_rows,
     plot,
     shown_table,
 )
@@ -117,6 +118,21 @@ def test_a_finished_job_is_skipped_and_a_changed_one_starts_over(cache_dir, tmp_
         again = sweep.run_job(cfg, job_dir)
         assert again["fingerprint"]["code"] == "another-commit"
         assert (job_dir / "summary.json").stat().st_mtime_ns != summary_mtime
+
+
+def test_a_diverged_job_is_recorded_as_such_and_left_out_of_the_table_with_the_reason(cache_dir, tmp_path):
+    job_dir = tmp_path / "job"
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="sweep", overrides=[
+            "experiment=table3", "debug=sweep_tiny", "k=2", "charset.size=16", "train.lr=1e38",
+            f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path}"])
+        record = sweep.run_job(cfg, job_dir)
+    assert record["status"] == "diverged" and "training diverged at step 1" in record["error"]
+    assert json.loads((job_dir / "job.json").read_text())["status"] == "diverged"
+    # its step-1 export is gone, and nothing was scored or timed
+    assert not any((job_dir / name).exists() for name in ("spellm", "summary.json", "eval", "bench.json"))
+    with pytest.raises(JobError, match=r"its training diverged \(training diverged at step 1"):
+        job_rows(job_dir, {})
 
 
 def test_bad_sweep_overrides_fail_before_any_model_loads(cache_dir, tmp_path):

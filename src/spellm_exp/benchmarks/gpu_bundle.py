@@ -25,8 +25,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import spellm_exp
-from spellm_exp.errors import SpellmError
 from spellm_exp.data.corpus import corpus_texts
+from spellm_exp.errors import SpellmError
 from spellm_exp.provenance import provenance
 from spellm_exp.teachers.registry import MODELS
 from spellm_exp.teachers.tokenizers import export_tokenizer

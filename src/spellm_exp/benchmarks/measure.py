@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import torch
+
 from spellm_exp.errors import SpellmError
 
 DEVICES = ("auto", "cpu", "cuda")

@@ -26,7 +26,8 @@ def main(cfg: DictConfig) -> None:
             record = run_job(cfg, job_dir)
     finally:
         finish_wandb()  # each multirun job is its own wandb run
-    log.info("%s: %s", job_dir.name, {k: round(v, 4) for k, v in record["metrics"].items()})
+    if "metrics" in record:  # a diverged job has none (job.json says why)
+        log.info("%s: %s", job_dir.name, {k: round(v, 4) for k, v in record["metrics"].items()})
 
 
 if __name__ == "__main__":

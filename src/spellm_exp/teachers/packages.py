@@ -7,9 +7,10 @@ modules import things we do not install, so we find their folders without import
 from __future__ import annotations
 
 import importlib.util
-from spellm_exp.errors import SpellmError
 from dataclasses import dataclass
 from pathlib import Path
+
+from spellm_exp.errors import SpellmError
 
 
 class MissingPackageError(SpellmError, RuntimeError):

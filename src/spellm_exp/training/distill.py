@@ -21,7 +21,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from spellm_exp.errors import SpellmError
 from spellm_exp.config import (
     CharsetConfig,
     DataConfig,
@@ -53,6 +52,7 @@ from spellm_exp.core.losses import resolve_objective, token_samples
 from spellm_exp.core.spellm import META_FILE, CheckpointError, SpeLLM, checkpoint_folder, model_config_dict
 from spellm_exp.data.datamodule import DistillDataModule, check_data_config
 from spellm_exp.data.features import FeatureStore, TargetStore, feature_key
+from spellm_exp.errors import SpellmError
 from spellm_exp.provenance import provenance
 from spellm_exp.teachers import TeacherConfigError, check_model_config, load_teacher
 from spellm_exp.training.callbacks import (
@@ -164,8 +164,11 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     partial = [name for name in RUN_OUTPUTS if name != RUN_FILE and (run_dir / name).exists()]
     if partial and rank_zero_only.rank == 0:  # (the other ranks start once rank 0 is training)
         log.info("%s: no checkpoint yet; starting this run again from step 0 (clearing %s)", run_dir, partial)
-        for name in partial:
-            shutil.rmtree(run_dir / name) if (run_dir / name).is_dir() else (run_dir / name).unlink()
+        for path in (run_dir / name for name in partial):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     return None
 
 
@@ -173,7 +176,7 @@ def checkpoint_step(path: str, module: DistillModule) -> int:
     """The step of the Lightning checkpoint to resume from, checked to be this run's: one of another run (another
     k, alphabet or head type) fails here with one line, not with a state-dict size mismatch inside Lightning."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # no copy of a backbone
         state, step = checkpoint["state_dict"], int(checkpoint["global_step"])
     except Exception as err:  # a truncated or foreign file: pickle, zip and key errors alike
         raise CheckpointError(f"ckpt_path: {path} is not a readable Lightning checkpoint ({err}); resume from "
@@ -182,12 +185,11 @@ def checkpoint_step(path: str, module: DistillModule) -> int:
     wrong = [f"{name} {tuple(state[name].shape)} (this run: {tuple(shape)})" for name, shape in own.items()
              if name in state and state[name].shape != shape]
     missing = [name for name in own if name not in state]
-    if wrong or missing:
-        raise CheckpointError(
-            f"ckpt_path: {path} was written by another run: " + "; ".join(
-                ([f"other shapes: {', '.join(wrong[:3])}"] if wrong else [])
-                + ([f"it lacks {', '.join(missing[:3])}"] if missing else []))
-            + ". Resume with that run's own overrides (k, charset, heads), or distil again without ckpt_path.")
+    found = ([f"other shapes: {', '.join(wrong[:3])}"] if wrong else []) + (
+        [f"it lacks {', '.join(missing[:3])}"] if missing else [])
+    if found:
+        raise CheckpointError(f"ckpt_path: {path} was written by another run: {'; '.join(found)}. Resume with that "
+                              "run's own overrides (k, charset, heads), or distil again without ckpt_path.")
     return step
 
 
