@@ -172,3 +172,15 @@ def test_wandb_logger_writes_an_offline_run_without_credentials(cache_dir, tmp_p
     record = log_file.read_bytes()
     for key in keys:
         assert key in record
+
+
+def test_the_progress_bar_of_a_step_limited_run_shows_no_epoch_count():
+    from types import SimpleNamespace
+
+    from spellm_exp.training.callbacks import StepProgressBar
+
+    bar = StepProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1)  # trainer.max_epochs=-1: limited by steps (Lightning: "0/-2")
+    assert bar._get_train_description(0).strip() == "Epoch 0"
+    bar._trainer = SimpleNamespace(max_epochs=3)
+    assert bar._get_train_description(1).strip() == "Epoch 1/2"
