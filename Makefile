@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan gpu-bundle distill reproduce-table1 reproduce-table2 reproduce-table3 reproduce-ablation reproduce-ablation-cached reproduce-ablation-exact-rest reproduce-ablation-rest-only reproduce-ablation-teacher-rows reproduce-ablation-qa-data reproduce-ablation-qa-lists reproduce-ablation-context list-rank results-index notebooks reproduce reproduce-sweeps reproduce-all clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan gpu-bundle distill reproduce-table1 reproduce-table2 reproduce-table3 ablation list-rank results-index notebooks reproduce reproduce-sweeps reproduce-all clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -39,14 +39,9 @@ help:
 	@echo "make reproduce-table1  results/table1.{md,csv}: teacher vs SpeLLM on the lm-eval tasks and bits per byte, SmolLM2 and Gemma-3-270M, linear and shortlist heads (quick: archived rows are read back from results/table1_evals; from scratch ~90 min for the linear rows, ~5 h more for the shortlist ones)"
 	@echo "make reproduce-table2  results/table2.{md,csv,png}: decode-step runtime, teacher vs SpeLLM (quick: ~10 min)"
 	@echo "make reproduce-table3  results/table3.{md,csv} and plots: the sweep over k and character-set size (quick: ~80 min)"
-	@echo "make reproduce-ablation  results/quality_ablation.{md,csv}: head types and their ceilings (~2.5 h)"
-	@echo "make reproduce-ablation-cached  results/quality_ablation_cached.{md,csv}: 1,500-step mixture-8 and shortlist heads"
-	@echo "make reproduce-ablation-exact-rest  results/quality_ablation_exact_rest.{md,csv}: the 16k shortlist with its rest's loss exact (~1.5 h)"
-	@echo "make reproduce-ablation-teacher-rows  results/quality_ablation_teacher_rows.{md,csv}: the 16k shortlist's rows frozen at the teacher's (~30 min)"
-	@echo "make reproduce-ablation-qa-data  results/quality_ablation_qa_data.{md,csv}: the 16k shortlist distilled on QA train text (~2 h)"
-	@echo "make reproduce-ablation-qa-lists  results/quality_ablation_qa_lists.{md,csv}: ceilings of 4k and 8k lists counted on QA text (~25 min)"
-	@echo "make reproduce-ablation-context  results/quality_ablation_context.{md,csv}: the QA-text shortlist scoring the tokens its input has seen too (~30 min after qa-data)"
-	@echo "make reproduce-ablation-rest-only  results/quality_ablation_rest_only.{md,csv}: its rest renormalised, trained alone on top of it (~1 h more)"
+	@echo "make ablation [NAME=<name>]  results/quality_ablation[_<name>].{md,csv}: conf/ablation[_<name>].yaml (~25 min to 3 h each)"
+	@echo "                 no NAME: the head types and their ceilings (~2.5 h); NAME is one of: $(ABLATIONS)"
+	@echo "                 (rest_only starts from the run that exact_rest distils: run exact_rest first)"
 	@echo "make list-rank   results/list_rank.{md,csv}: how far a factored (rank-r) list moves the best shortlists' softmax (~10 min)"
 	@echo "make notebooks   execute notebooks/*.ipynb in place on the current results/ (outputs saved)"
 	@echo "make reproduce   the main job on the offline SmolLM2 teacher, quick profile: teachers, coverage, distil, Tables 1-2, index, notebooks (~2 h; ~7 h with Table 1's shortlist rows from scratch)"
@@ -119,30 +114,12 @@ reproduce-table3: setup
 notebooks: setup
 	$(PY) -m jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
 
-reproduce-ablation: setup
-	$(PY) -m spellm_exp.ablation
-
-# mixture-8 and shortlist heads with 10x the quick training, on cached features and targets
-reproduce-ablation-cached: setup
-	$(PY) -m spellm_exp.ablation --config-name ablation_cached
-
-reproduce-ablation-exact-rest: setup
-	$(PY) -m spellm_exp.ablation --config-name ablation_exact_rest
-
-reproduce-ablation-teacher-rows: setup
-	$(PY) -m spellm_exp.ablation --config-name ablation_teacher_rows
-
-reproduce-ablation-qa-data: setup
-	$(PY) -m spellm_exp.ablation --config-name ablation_qa_data
-
-reproduce-ablation-qa-lists: setup
-	$(PY) -m spellm_exp.ablation --config-name ablation_qa_lists
-
-reproduce-ablation-context: setup
-	$(PY) -m spellm_exp.ablation --config-name ablation_context
-
-reproduce-ablation-rest-only: reproduce-ablation-exact-rest
-	$(PY) -m spellm_exp.ablation --config-name ablation_rest_only
+# One target for every ablation: conf/ablation_<NAME>.yaml (each holds only what it changes from ablation_base.yaml)
+ABLATIONS := $(filter-out base,$(patsubst ablation_%.yaml,%,$(notdir $(wildcard src/spellm_exp/conf/ablation_*.yaml))))
+ablation: setup
+	@test -z "$(NAME)" || test -f src/spellm_exp/conf/ablation_$(NAME).yaml || \
+		{ echo "error: NAME=$(NAME) is not an ablation; use one of: $(ABLATIONS)"; exit 1; }
+	$(PY) -m spellm_exp.ablation $(if $(NAME),--config-name ablation_$(NAME))
 
 # reads Table 1's best shortlist runs (make reproduce-table1 distils them)
 list-rank: setup

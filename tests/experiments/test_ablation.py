@@ -1,6 +1,7 @@
 """The quality ablation end to end on a tiny teacher: distils each variant, scores, aggregates, re-uses."""
 
 import re
+from pathlib import Path
 
 import pandas as pd
 from hydra import compose, initialize_config_dir
@@ -82,3 +83,21 @@ def test_token_kl_curve_reads_the_last_value_logged_at_each_validation(tmp_path)
         tmp_path / "csv" / "metrics.csv", index=False)
     assert token_kl_curve(tmp_path) == "250: 2.50 / 500: 2.12"
     assert token_kl_curve(tmp_path / "no-run") == ""
+
+
+def test_every_ablation_starts_from_the_base_and_holds_only_what_it_changes():
+    import yaml
+
+    from spellm_exp.config import compose_config
+
+    conf = Path(CONFIG_DIR)
+    base = yaml.safe_load((conf / "ablation_base.yaml").read_text())
+    names = sorted(p.stem for p in conf.glob("ablation*.yaml") if p.stem != "ablation_base")
+    assert len(names) >= 9
+    for name in names:
+        own = yaml.safe_load((conf / f"{name}.yaml").read_text())
+        assert own["defaults"] == ["ablation_base", "_self_"], name
+        assert not {key for key in own if key in base and own[key] == base[key]}, name  # nothing repeated
+        cfg = compose_config(name)
+        assert cfg.tasks == base["tasks"] or "tasks" in own
+        assert cfg.table_name == own["table_name"] and cfg.variants
