@@ -176,6 +176,12 @@ def test_table1_rebuilds_from_its_archived_evaluations_without_the_runs(cache_di
     assert [p.name for p in (tmp_path / "outputs" / "train").iterdir()] == ["smollm2_k16_quick_shortlist_16"]
     markdown = (results / "table1.md").read_text()
     assert "SpeLLM k=4 chars-64+esc linear - teacher" in markdown and "shortlist-16 (shortlist_16) - teacher" in markdown
+    # re-scoring one row the documented way keeps every other row in the table (read back from the archive)
+    write_table1(_table1_config(tmp_path, cache_dir, {"linear": TINY, "shortlist_16": shortlist},
+                                "only=[llama/shortlist_16]", "reuse_archived=false"), "test")
+    markdown = (results / "table1.md").read_text()
+    assert "SpeLLM k=4 chars-64+esc linear - teacher" in markdown and "shortlist-16 (shortlist_16) - teacher" in markdown
+    assert "llama linear (" in markdown.split("Read back from those archived evaluations")[1]
 
 
 def test_in_domain_notes_follow_each_head_types_data_sources():

@@ -157,14 +157,16 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
                                            {"model": model, "variant": "spellm", "head_type": head_type,
                                             "experiment": experiment, "overrides": list(overrides)})
             run = RowRun(experiment, head_type, tuple(overrides), archive, settings, teacher_settings)
-            archived = {name: archived_evaluation(archive / name, wanted) if cfg.reuse_archived else None
+            chosen = not cfg.only or f"{model}/{head_type}" in cfg.only
+            # reuse_archived=false scores again what this call scores (`only`'s rows); the others keep their row
+            reuse = cfg.reuse_archived or not chosen
+            archived = {name: archived_evaluation(archive / name, wanted) if reuse else None
                         for name, wanted in (("teacher", teacher_settings), (head_type, settings))}
             if all(archived.values()):
                 row = archived[head_type]["spellm_exp"]["row"]
                 read_back += [f"{model} {name} ({_written(stored)})" for name, stored in archived.items()
                               if name != "teacher" or teacher_dir is None]
             else:
-                chosen = not cfg.only or f"{model}/{head_type}" in cfg.only
                 if not chosen or (not cfg.distil_missing and not is_finished(run_folder(
                         cfg.paths.output_dir, experiment, cfg.profile, run.suffix))):
                     left_out.append(f"{model} {head_type}")
@@ -211,7 +213,8 @@ def write_table1(cfg: DictConfig, command: str) -> list[Path]:
     notes.append(f"Per-document scores and provenance of every row: `{ARCHIVE}/{cfg.profile}/<model>/<variant>/` "
                  "(results.json, samples.jsonl), written by the run that scored it.")
     if read_back:
-        notes.append("Read back from those archived evaluations, not scored again (`reuse_archived=true`; their runs "
+        why = "`reuse_archived=true`" if cfg.reuse_archived else "rows not in `only`"
+        notes.append(f"Read back from those archived evaluations, not scored again ({why}; their runs "
                      f"need not be on this machine): {', '.join(read_back)}.")
     if left_out:
         notes.append(f"Left out, neither archived with these settings nor distilled by this call (`distil_missing=false`"
