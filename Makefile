@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan gpu-bundle distill reproduce-table1 reproduce-table2 reproduce-table3 ablation list-rank results-index notebooks reproduce reproduce-sweeps reproduce-all clean-venv
+.PHONY: help setup test test-slow teachers coverage bench-distill bench-distill-gpu memory-plan gpu-bundle quickstart distill reproduce-table1 reproduce-table2 reproduce-table3 ablation list-rank results-index notebooks reproduce reproduce-sweeps reproduce-all clean-venv
 
 help:
 	@echo "make setup       create .venv (Python 3.11, torch 2.13.0 CPU) and install everything, offline assets included"
@@ -35,6 +35,7 @@ help:
 	@echo "make bench-distill-gpu  the same on a CUDA GPU: real-size random-init teachers, bf16, with MFU"
 	@echo "make memory-plan results/distill_memory.{md,csv}: estimated memory per GPU for each teacher (seconds)"
 	@echo "make gpu-bundle  dist/gpu-bundle: runs the GPU Table 2 on a bare GPU machine (bash dist/gpu-bundle/bench-gpu.sh OUT)"
+	@echo "make quickstart  the method end to end in minutes: the best head type distilled 20 steps, scored on 10 docs of 2 tasks, timed (outputs/quickstart/)"
 	@echo "make distill     distil the quick-profile SmolLM2 SpeLLM (k=16) into $(QUICK_RUN) (~10 min)"
 	@echo "make reproduce-table1  results/table1.{md,csv}: teacher vs SpeLLM on the lm-eval tasks and bits per byte, SmolLM2 and Gemma-3-270M, linear and shortlist heads (quick: archived rows are read back from results/table1_evals; from scratch ~90 min for the linear rows, ~5 h more for the shortlist ones)"
 	@echo "make reproduce-table2  results/table2.{md,csv,png}: decode-step runtime, teacher vs SpeLLM (quick: ~10 min)"
@@ -85,6 +86,10 @@ memory-plan: setup
 # torch, transformers and lightning: bash dist/gpu-bundle/bench-gpu.sh OUT_DIR (the seven architectures, < 10 min)
 gpu-bundle: setup
 	$(PY) -m spellm_exp.gpu_bundle
+
+# The method end to end in minutes (conf/quickstart.yaml), each time in a new folder under outputs/quickstart/
+quickstart: setup
+	$(PY) -m spellm_exp.quickstart
 
 # The quick-profile SpeLLM of SmolLM2 (k=16, 64 characters); kept, and reused by later tables.
 QUICK_RUN := outputs/train/smollm2_k16_quick

@@ -429,10 +429,23 @@ class GpuBundleJob(_Command):
     table: str = "table2_gpu"  # the table config whose entries the bundle must serve
 
 
+@dataclass
+class QuickstartJob(_Command):
+    """conf/quickstart.yaml: the method end to end in minutes (experiments/quickstart.py)."""
+
+    experiment: str = "smollm2_k16"
+    head_type: str = "shortlist_16k_qa_seen_teacher_rows"  # a row of conf/table1.yaml's head_types
+    train_overrides: list[str] = field(default_factory=list)  # on top of the experiment and the head type
+    tasks: list[str] = field(default_factory=list)
+    limit: int = 10  # documents per task
+    batch_size: int = 8
+    bench: dict[str, Any] = field(default_factory=dict)  # bench_schema's keys; the checkpoint comes from the run
+
+
 COMMAND_SCHEMAS = {"train": TrainJob, "bench": BenchJob, "eval": EvalJob, "describe": DescribeJob,
                    "coverage": CoverageJob, "memory_plan": MemoryPlanJob, "bench_distill": BenchDistillJob,
                    "table1": Table1Job, "table2": Table2Job, "table3": Table3Job, "ablation": AblationJob,
-                   "gpu_bundle": GpuBundleJob, "list_rank": ListRankJob}
+                   "gpu_bundle": GpuBundleJob, "list_rank": ListRankJob, "quickstart": QuickstartJob}
 
 
 def register_configs() -> None:

@@ -204,7 +204,7 @@ def test_schemas_are_not_choices_of_their_config_groups(tmp_path):
 HYDRA_COMMANDS = {"train": "k", "sweep": "sweep", "evaluate": "variant", "bench": "batch_sizes",
                   "bench_distill": "ks", "memory_plan": "architectures", "coverage": "tokenizers",
                   "describe": "prompt", "table1": "profiles", "table2": "entries", "table3": "sweep_dir",
-                  "ablation": "variants", "gpu_bundle": "out_dir", "list_rank": "ranks"}
+                  "ablation": "variants", "gpu_bundle": "out_dir", "list_rank": "ranks", "quickstart": "head_type"}
 
 
 @pytest.mark.parametrize("command", sorted(HYDRA_COMMANDS))
