@@ -72,6 +72,9 @@ def test_a_short_training_run_lowers_the_loss_and_exports_the_type(kind, cache_d
     (["heads=shortlist", "heads.shortlist=64", "heads.tail_rank=8", "heads.exact_rows=64"],
      r"heads.exact_rows=64: use 0..63"),
     (["heads=linear", "heads.tail_rank=8"], r"heads.tail_rank and heads.exact_rows factor a shortlist's rows"),
+    (["heads.components=8"], r"heads.components=8: not read by the head type as configured \({'kind': 'linear'}\)"),
+    (["heads=shortlist", "heads.decoder_size=256"], r"heads.decoder_size=256: not read by the head type as configured"),
+    (["heads=mlp", "heads.shortlist=64"], r"heads.shortlist=64: not read .*'trunk_multiple': 4"),
     (["heads=shortlist", "heads.tail_rank=64", "heads.exact_rows=8", "train.freeze_heads=[weight,tail]"],
      r"train.freeze_heads: shortlist-4096,tail 8\+rank-64 heads have no part 'tail'; theirs: bias, gate, linear, "
      r"tail_in, tail_out, weight"),

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -151,6 +152,13 @@ def check_heads_config(heads: HeadsConfig, loss: LossConfig, objective: str) -> 
     if heads.context_tokens and loss.exact_rest:
         raise ConfigError("heads.context_tokens=true takes the seen tokens out of the rest, which loss.exact_rest's "
                           "cached rest targets still hold; set loss.exact_rest=false.")
+    read = settings_dict(heads)  # the fields this head type reads (what its checkpoint records)
+    ignored = [f"heads.{f.name}={getattr(heads, f.name)}" for f in fields(HeadsConfig)
+               if f.name not in read and getattr(heads, f.name) != f.default]
+    if ignored:  # an option the type would drop silently (the specific checks above said why where they could)
+        raise ConfigError(f"{', '.join(ignored)}: not read by the head type as configured ({read}); drop it, or "
+                          "choose the head type that reads it (conf/heads/; a shortlist's heads.exact_rows needs "
+                          "heads.tail_rank).")
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
