@@ -1,6 +1,7 @@
 """A run folder belongs to one run: a busy folder is refused, a finished one is only resumed by the same run, a
 diverged run exports nothing, and a resumed run keeps its earlier metrics and seconds."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -57,8 +58,9 @@ def test_a_diverged_run_removes_the_export_of_its_earlier_steps(cache_dir, tmp_p
     original = DistillModule._step
 
     def diverging(self, batch, stage):  # fine for 3 steps (exported at step 2), then NaN
-        loss = original(self, batch, stage)
-        return loss * float("nan") if stage == "train" and self.trainer.global_step >= 3 else loss
+        parts = original(self, batch, stage)
+        diverged = stage == "train" and self.trainer.global_step >= 3
+        return dataclasses.replace(parts, total=parts.total * float("nan")) if diverged else parts
 
     monkeypatch.setattr(DistillModule, "_step", diverging)
     with pytest.raises(DivergedError, match="at step 3"):

@@ -35,6 +35,7 @@ from spellm_exp.config import (
     HeadsConfig,
     Init,
     ModelConfig,
+    compose_config,
     model_config,
     typed,
 )
@@ -342,3 +343,11 @@ def run_bench(cfg: DictConfig) -> dict:
                  bound.ratio)
         record["batches"].append(result)
     return record
+
+
+def bench_checkpoint(settings: dict, checkpoint: Path, model: str, cache_dir: str) -> dict:
+    """run_bench on a distilled checkpoint with conf/bench.yaml's `settings` (a sweep's or the quickstart's)."""
+    overrides = [*(f"{key}={json.dumps(value)}" for key, value in settings.items()),
+                 f"checkpoint={json.dumps(str(checkpoint))}", f"model={model}",
+                 f"paths.cache_dir={json.dumps(str(cache_dir))}"]
+    return run_bench(compose_config("bench", overrides))

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from spellm_exp.benchmarks.decode import run_bench
-from spellm_exp.config import Trainable, compose_config
+from spellm_exp.benchmarks.decode import bench_checkpoint
+from spellm_exp.config import Trainable
 from spellm_exp.core.spellm import SpeLLM
 from spellm_exp.evaluation.harness import SpeLLMHarnessLM
 from spellm_exp.evaluation.metrics import average_accuracy, primary_metric
@@ -56,11 +56,8 @@ def benched(cfg: DictConfig, job_dir: Path) -> dict:
     path = job_dir / BENCH_FILE
     if path.exists():
         return json.loads(path.read_text())
-    settings = OmegaConf.to_container(cfg.sweep.bench, resolve=True)
-    overrides = [*(f"{key}={json.dumps(value)}" for key, value in settings.items()),
-                 f"checkpoint={json.dumps(str(job_dir))}", f"model={cfg.model.name}",
-                 f"paths.cache_dir={json.dumps(str(cfg.paths.cache_dir))}"]
-    record = run_bench(compose_config("bench", overrides))
+    record = bench_checkpoint(OmegaConf.to_container(cfg.sweep.bench, resolve=True), job_dir, cfg.model.name,
+                              cfg.paths.cache_dir)
     path.write_text(json.dumps(record, indent=2, default=str))
     return record
 

@@ -23,6 +23,7 @@ from spellm_exp.experiments.jobs import BENCH_FILE, EVAL_FOLDER, JOB_FILE
 from spellm_exp.experiments.sweep import job_metrics
 from spellm_exp.provenance import provenance
 from spellm_exp.reporting.tables import write_table
+from spellm_exp.training.run_folder import DIVERGED
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _read_json(path: Path) -> dict:
 def job_rows(job_dir: Path, teacher: dict) -> tuple[dict, list[dict]]:
     """(the job's table row, its per-head agreement rows)."""
     job = _read_json(job_dir / JOB_FILE) if (job_dir / JOB_FILE).exists() else {}
-    if job.get("status") == "diverged":
+    if job.get("status") == DIVERGED:
         raise JobError(f"its training diverged ({job.get('error', 'no message')})")
     summary = _read_json(job_dir / "summary.json")
     size_asked = job.get("fingerprint", {}).get("config", {}).get("charset", {}).get("size")

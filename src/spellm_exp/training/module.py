@@ -25,6 +25,7 @@ from spellm_exp.core.ceilings import teacher_mixture
 from spellm_exp.core.charset import PAD
 from spellm_exp.core.heads import FACTORISED_KINDS, Factorised
 from spellm_exp.core.losses import (
+    LossParts,
     Targets,
     chunked_head_marginals,
     distillation_loss,
@@ -44,8 +45,8 @@ class DivergedError(SpellmError, RuntimeError):
     """A training loss that is not a finite number: the run stops, and nothing of it is exported."""
 
 
-def nonfinite_parts(parts) -> list[str]:
-    """The names of the loss parts (core.losses.LossParts) that are NaN or infinite."""
+def nonfinite_parts(parts: LossParts) -> list[str]:
+    """The names of the loss parts that are NaN or infinite."""
     named = {"kl": parts.kl, "kl_per_head": parts.kl_per_head, "ce": parts.ce,
              "token_kl": parts.token_kl}
     return [name for name, value in named.items() if value is not None and not bool(torch.isfinite(value).all())]
@@ -91,7 +92,6 @@ class DistillModule(LightningModule):
         self.register_buffer("spelling_matrix", spelling_matrix(self.table, spellm.alphabet.size), persistent=False)
         self.register_buffer("rest_tokens", exact_rest_tokens(spellm, loss), persistent=False)
         self._batch_started = 0.0
-        self._last_parts = None  # the last training step's loss parts: what to name when the loss diverged
         self._val_chars_counts = torch.zeros(2, spellm.k)  # (agreements, positions) per head, per validation
 
     @property
@@ -169,10 +169,8 @@ class DistillModule(LightningModule):
                                   target_ids, self.table, self.spellable, self.objective)
         return parts, student, targets, target_ids, teacher_hidden, teacher_lm
 
-    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> LossParts:
         parts, student, targets, target_ids, teacher_hidden, teacher_lm = self.loss_parts(batch["ids"], batch["index"])
-        if stage == "train":
-            self._last_parts = parts
         with torch.no_grad():
             log_p = student.marginal_log_probs().detach().float()  # [N, k, |Sigma|]
         self._log_metrics(stage, parts, log_p, targets, target_ids, batch["ids"].shape[0])
@@ -182,7 +180,7 @@ class DistillModule(LightningModule):
             if ceiling is not None:
                 self.log("val/ceiling_token_kl", ceiling, on_epoch=True, batch_size=batch["ids"].shape[0],
                          sync_dist=True)
-        return parts.total
+        return parts
 
     def ceiling_token_kl(self, teacher_hidden: torch.Tensor, teacher_lm: torch.nn.Module,
                          targets: Targets) -> torch.Tensor | None:
@@ -246,22 +244,23 @@ class DistillModule(LightningModule):
                  batch_size=batch_size, sync_dist=not on_step)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
-        self._stop_if_diverged(loss)
-        return loss
+        parts = self._step(batch, "train")
+        self._stop_if_diverged(parts)
+        return parts.total
 
-    def _stop_if_diverged(self, loss: torch.Tensor) -> None:
+    def _stop_if_diverged(self, parts: LossParts) -> None:
         """A NaN or infinite loss ends the run before its backward pass can write NaN into the heads; every
         rank decides together (one rank raising alone would leave the others waiting in an all-reduce)."""
+        loss = parts.total
         finite = bool(torch.isfinite(loss))
         if self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             return
-        parts = ", ".join(nonfinite_parts(self._last_parts)) or "none here: another rank's"
+        named = ", ".join(nonfinite_parts(parts)) or "none here: another rank's"
         raise DivergedError(
             f"training diverged at step {self.trainer.global_step}: the loss is not finite (train/loss = "
-            f"{loss.item()}; non-finite parts: {parts}); nothing was exported. Lower train.lr (now "
+            f"{loss.item()}; non-finite parts: {named}); nothing was exported. Lower train.lr (now "
             f"{self.train_cfg.lr:g}) or loss.temperature, or check the teacher's logits, and distil again in a "
             "new folder.")
 

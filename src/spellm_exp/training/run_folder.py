@@ -101,14 +101,14 @@ def _resume_hint(run_dir: Path) -> str:
             "default every run gets a new time-stamped one)")
 
 
-def check_claim(run_dir: Path, identity: dict, resume: bool) -> dict | None:
-    """Whether this run may write `run_dir`; returns the folder's run record (None for a new folder)."""
+def check_claim(run_dir: Path, identity: dict, resume: bool) -> None:
+    """Whether this run may write `run_dir`: free, or (`resume`) holding this very run; raises RunFolderError if not."""
     record = read_run(run_dir)
     if not resume:
         found = outputs_in(run_dir)
         if found:
             raise RunFolderError(f"{run_dir} already holds a run ({', '.join(found)}): {_resume_hint(run_dir)}.")
-        return None
+        return
     if record is None:
         if outputs_in(run_dir):
             raise RunFolderError(
@@ -126,7 +126,6 @@ def check_claim(run_dir: Path, identity: dict, resume: bool) -> dict | None:
     if record.get("code") != identity["code"]:
         log.warning("%s: the code of %s changed since this run started; it goes on with this code", run_dir,
                     "/".join(TRAINING_STAGES))
-    return record
 
 
 def _lock(run_dir: Path):
